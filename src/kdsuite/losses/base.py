@@ -1,0 +1,50 @@
+"""What every loss family shares: the context a run gives it and the call signature."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from kdsuite.mapping import LayerPairs
+from kdsuite.tasks import TaskSpec
+
+
+@dataclass(frozen=True)
+class LossContext:
+    """What a run knows before training that a loss may need to build itself.
+
+    `train_labels[i]` is the label of the training example whose `example_index` is i.
+    """
+
+    task: TaskSpec
+    layer_pairs: LayerPairs
+    student_hidden_size: int
+    teacher_hidden_size: int
+    train_labels: torch.Tensor
+
+
+class DistillationLoss(nn.Module):
+    """Base of all loss families: `(student_out, teacher_out, batch) -> {term: tensor, "loss": total}`.
+
+    `student_out`/`teacher_out` are Hugging Face model outputs (`logits`, and `hidden_states`
+    when `needs_hidden_states`); `teacher_out` is None when `needs_teacher` is false, and the
+    Trainer then skips the teacher forward entirely. `batch` holds `labels`, `attention_mask`
+    and `example_index`. Terms are per-example means; the Trainer logs each one separately.
+    Learned parts (projections, heads, memory banks) live on the module and train and save with
+    the student.
+    """
+
+    name: ClassVar[str]
+    needs_teacher: ClassVar[bool] = True
+    needs_hidden_states: ClassVar[bool] = False
+    needs_increasing_pairs: ClassVar[bool] = False
+
+    def __init__(self, context: LossContext):
+        super().__init__()
+        self.is_regression = context.task.is_regression
+
+    def forward(self, student_out: Any, teacher_out: Any, batch: dict) -> dict[str, torch.Tensor]:
+        raise NotImplementedError

@@ -1,0 +1,91 @@
+"""Fine-tuned teachers, cached: each (teacher, dataset, teacher-training config) is fine-tuned once,
+saved with its tokenizer under `cache_dir`, and reused by every later run and sweep trial. A file
+lock makes concurrent runs that need the same teacher fine-tune it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForSequenceClassification, PreTrainedModel
+
+CACHE_FORMAT = 1  # bump when what is cached, or how, changes
+META_FILE = "kdsuite_teacher.json"
+
+
+@dataclass
+class FineTunedTeacher:
+    model: PreTrainedModel
+    path: Path
+    metrics: dict[str, float]  # dev metrics measured right after fine-tuning
+    run_id: str | None  # the MLflow run that fine-tuned it
+    from_cache: bool
+
+
+def default_cache_dir() -> Path:
+    """`$KDSUITE_CACHE`, else `$XDG_CACHE_HOME/kdsuite`, else `~/.cache/kdsuite`."""
+    if os.environ.get("KDSUITE_CACHE"):
+        return Path(os.environ["KDSUITE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdsuite"
+
+
+def cache_key(cfg: DictConfig) -> dict:
+    """Everything that changes the fine-tuned teacher: the teacher config (with `finetune`) and
+    the data it is trained and scored on."""
+    dataset = cfg.dataset
+    data_dir = dataset.data_dir
+    return {
+        "format": CACHE_FORMAT,
+        "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
+        "dataset": {
+            "name": dataset.name,
+            "source": str(Path(data_dir).expanduser().resolve()) if data_dir else "hub",
+            "max_train_samples": dataset.max_train_samples,
+            "max_eval_samples": dataset.max_eval_samples,
+            "max_seq_length": dataset.max_seq_length,
+        },
+    }
+
+
+def teacher_dir(cfg: DictConfig) -> Path:
+    """`<cache_dir>/teachers/<teacher>-<task>-<hash of cache_key>`."""
+    digest = hashlib.sha256(json.dumps(cache_key(cfg), sort_keys=True).encode()).hexdigest()
+    root = Path(cfg.cache_dir).expanduser() if cfg.get("cache_dir") else default_cache_dir()
+    return root / "teachers" / f"{cfg.teacher.name}-{cfg.dataset.name}-{digest[:16]}"
+
+
+def load_cached(path: Path) -> FineTunedTeacher | None:
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        return None
+    meta = json.loads(meta_path.read_text())
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    return FineTunedTeacher(model, path, meta["metrics"], meta.get("run_id"), from_cache=True)
+
+
+def get_or_finetune(cfg: DictConfig, finetune) -> FineTunedTeacher:
+    """The cached teacher for `cfg`, or `finetune(output_dir) -> (model, tokenizer, metrics,
+    run_id)` run once under a lock and saved atomically (a crash leaves no half-written cache)."""
+    path = teacher_dir(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        cached = load_cached(path)
+        if cached is not None:
+            return cached
+        staging = path.with_name(path.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        model, tokenizer, metrics, run_id = finetune(staging / "trainer")
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        shutil.rmtree(staging / "trainer", ignore_errors=True)
+        meta = {"metrics": metrics, "run_id": run_id, "key": cache_key(cfg)}
+        (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+        staging.rename(path)
+    return FineTunedTeacher(model, path, metrics, run_id, from_cache=False)

@@ -1,0 +1,120 @@
+"""MLflow: the suite owns its runs (never the Trainer's `report_to="mlflow"`, which opens a
+second run on `evaluate()`).
+
+A run records the flattened resolved config as params, tags naming what was run, the resolved
+config and Hydra overrides as artifacts, and the Trainer's logs as metrics through
+`MlflowMetricsCallback`. A run that raises ends FAILED (KILLED on Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import mlflow
+from mlflow.entities import RunStatus
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainerCallback
+
+MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+
+
+def configure(tracking_cfg: DictConfig) -> None:
+    """Point MLflow at `tracking.uri` (any URI MLflow accepts) and `tracking.experiment`."""
+    mlflow.set_tracking_uri(tracking_cfg.uri)
+    mlflow.set_experiment(tracking_cfg.experiment)
+
+
+def flatten(tree, prefix: str = "") -> dict[str, str]:
+    """`{"a": {"b": 1}}` -> `{"a.b": "1"}`; lists stay whole (`"[1, 2]"`)."""
+    if not isinstance(tree, dict):
+        return {prefix: str(tree)[:MAX_PARAM_LENGTH]}
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        flat.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_params(cfg: DictConfig) -> dict[str, str]:
+    return flatten(OmegaConf.to_container(cfg, resolve=True))
+
+
+def git_commit() -> str:
+    """The commit of the code that ran (with `-dirty` when the tree had changes)."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{commit}-dirty" if dirty else commit
+
+
+def hydra_overrides() -> list[str] | None:
+    """The command-line overrides of the Hydra job in progress, if any."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return list(HydraConfig.get().overrides.task)
+
+
+@contextmanager
+def tracked_run(run_name: str, tags: dict[str, str], cfg: DictConfig | None = None) -> Iterator:
+    """Start an MLflow run (nested under the active one, if any) that ends FAILED on error.
+
+    With `cfg`, log its flattened values as params and the resolved YAML (and the Hydra
+    overrides) as artifacts under `config/`.
+    """
+    nested = mlflow.active_run() is not None
+    run = mlflow.start_run(run_name=run_name, nested=nested, tags={**tags, "git_commit": git_commit()})
+    try:
+        if cfg is not None:
+            mlflow.log_params(config_params(cfg))
+            mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
+            overrides = hydra_overrides()
+            if overrides is not None:
+                mlflow.log_text(OmegaConf.to_yaml(overrides), "config/overrides.yaml")
+        yield run
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run()
+
+
+def metric_name(key: str) -> str:
+    """Trainer log keys -> MLflow names: `eval_accuracy` -> `eval/accuracy`, `final_f1` ->
+    `final/f1`, `loss` -> `train/loss`, `train_runtime` -> `train/runtime`; names that already
+    hold a `/` are kept."""
+    if "/" in key:
+        return key
+    for prefix in ("eval_", "final_", "train_"):
+        if key.startswith(prefix):
+            return f"{prefix[:-1]}/{key[len(prefix):]}"
+    return f"train/{key}"
+
+
+class MlflowMetricsCallback(TrainerCallback):
+    """Send every numeric Trainer log to the active MLflow run, at the current global step."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        metrics = {
+            metric_name(key): float(value)
+            for key, value in logs.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)
+        }
+        if metrics:
+            mlflow.log_metrics(metrics, step=state.global_step)

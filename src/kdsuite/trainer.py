@@ -1,0 +1,164 @@
+"""The `transformers.Trainer` subclass that distils: it only wires things together.
+
+Per step: one student forward, at most one teacher forward (no grad, eval mode, same device,
+hidden states and logits from that single call), one call of the loss, and the bookkeeping that
+lets every loss term reach the logs. Mixed precision, gradient accumulation, checkpointing,
+torch.compile and DDP are the Trainer's own.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from kdsuite.losses.base import DistillationLoss
+from kdsuite.losses.ce import task_loss
+
+MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The tensors a Hugging Face encoder takes; labels and example indices stay with the loss."""
+    return {key: batch[key] for key in MODEL_INPUT_KEYS if key in batch}
+
+
+class TermAverager:
+    """Running means of detached loss terms, kept on device so logging causes the only sync."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, terms: dict[str, torch.Tensor]) -> None:
+        for name, value in terms.items():
+            value = value.detach().float()
+            self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.count += 1
+
+    def pop(self) -> dict[str, float]:
+        means = {name: (total / self.count).item() for name, total in self.sums.items()}
+        self.sums, self.count = {}, 0
+        return means
+
+
+class _LogEpochTerms(TrainerCallback):
+    def __init__(self, trainer: "DistillationTrainer"):
+        self.trainer = trainer
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.log_epoch_terms()
+
+
+class DistillationTrainer(Trainer):
+    """Trainer whose loss is a `DistillationLoss` over student (and teacher) outputs.
+
+    Logged per logging window: every term of the loss (`ce`, `kd`, ...) next to the Trainer's own
+    `loss`; at each epoch end: the epoch means as `epoch/<term>`. A non-finite term stops the
+    run with FloatingPointError naming the step and the terms.
+    """
+
+    # compute_loss normalises by the whole accumulated batch itself (see `_scale_for_accumulation`)
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args, distillation_loss: DistillationLoss, teacher=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if distillation_loss.needs_teacher and teacher is None:
+            raise ValueError(f"loss {distillation_loss.name!r} needs a teacher, none was given")
+        self.distillation_loss = distillation_loss
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.to(self.args.device).eval().requires_grad_(False)
+        self._window_terms = TermAverager()
+        self._epoch_terms = TermAverager()
+        self.add_callback(_LogEpochTerms(self))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss_fn = self.distillation_loss
+        features = model_inputs(inputs)
+        student_out = model(**features, output_hidden_states=loss_fn.needs_hidden_states)
+        teacher_out = None
+        if loss_fn.needs_teacher:
+            with torch.no_grad():
+                teacher_out = self.teacher(**features, output_hidden_states=loss_fn.needs_hidden_states)
+        terms = loss_fn(student_out, teacher_out, inputs)
+        logged_terms = {name: value for name, value in terms.items() if name != "loss"}
+        self._window_terms.add(logged_terms)
+        self._epoch_terms.add(logged_terms)
+        loss = self._scale_for_accumulation(terms["loss"], inputs["labels"], num_items_in_batch)
+        return (loss, student_out) if return_outputs else loss
+
+    def _scale_for_accumulation(self, loss, labels, num_items_in_batch):
+        """Per-example mean of this micro-batch -> its share of the accumulated batch's mean.
+
+        With `num_items_in_batch` (labelled examples over all micro-batches of the step) the
+        share is exact even when the last micro-batch is short; without it, divide by the number
+        of accumulation steps as the Trainer would.
+        """
+        if num_items_in_batch is None:
+            return loss / self.current_gradient_accumulation_steps
+        share = labels.ne(-100).sum() / num_items_in_batch
+        if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+            share = share * self.accelerator.num_processes  # DDP averages gradients over ranks
+        return loss * share
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation is of the student alone: its task loss and its logits."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs["labels"]
+        with torch.no_grad(), self.compute_loss_context_manager():
+            logits = model(**model_inputs(inputs)).logits
+            loss = task_loss(logits, labels, self.distillation_loss.is_regression)
+        if prediction_loss_only:
+            return loss.detach(), None, None
+        return loss.detach(), logits.detach().float(), labels
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        is_training_log = not any(key.startswith("eval_") for key in logs)
+        if is_training_log and self._window_terms.count:
+            terms = self._window_terms.pop()
+            self._raise_if_not_finite(terms)
+            logs = {**logs, **terms}
+        super().log(logs, start_time)
+
+    def log_epoch_terms(self) -> None:
+        if self._epoch_terms.count:
+            terms = self._epoch_terms.pop()
+            self._raise_if_not_finite(terms)
+            self.log({f"epoch/{name}": value for name, value in terms.items()})
+
+    def _raise_if_not_finite(self, terms: dict[str, float]) -> None:
+        bad = {name: value for name, value in terms.items() if not math.isfinite(value)}
+        if bad:
+            raise FloatingPointError(
+                f"non-finite loss at step {self.state.global_step}: {bad} (all terms: {terms}); "
+                f"lower trainer.learning_rate or check the loss weights and inputs"
+            )
+
+
+def resolve_bf16(value) -> bool:
+    """`auto` means bf16 exactly when a CUDA GPU that supports it is present."""
+    if value == "auto":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool(value)
+
+
+def training_arguments(settings: dict, output_dir: str, seed: int) -> TrainingArguments:
+    """`TrainingArguments` from a `trainer`/`teacher.finetune` config section.
+
+    The suite owns MLflow (`report_to="none"`) and keeps `example_index` in batches
+    (`remove_unused_columns=False`).
+    """
+    settings = dict(settings)
+    settings["bf16"] = resolve_bf16(settings.get("bf16", "auto"))
+    settings.setdefault("seed", seed)
+    settings.setdefault("dataloader_pin_memory", torch.cuda.is_available())
+    try:
+        return TrainingArguments(
+            output_dir=output_dir, report_to="none", remove_unused_columns=False, **settings
+        )
+    except TypeError as error:
+        raise ValueError(
+            f"trainer settings {sorted(settings)} hold a key TrainingArguments does not take: {error}"
+        ) from error
