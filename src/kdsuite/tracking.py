@@ -95,13 +95,13 @@ def tracked_run(run_name: str, tags: dict[str, str], cfg: DictConfig | None = No
 
 def metric_name(key: str) -> str:
     """Trainer log keys -> MLflow names: `eval_accuracy` -> `eval/accuracy`, `final_f1` ->
-    `final/f1`, `loss` -> `train/loss`, `train_runtime` -> `train/runtime`; names that already
-    hold a `/` are kept."""
+    `final/f1`, `loss` -> `train/loss`, and the end-of-training summary `train_runtime` ->
+    `train_summary/runtime`; names that already hold a `/` are kept."""
     if "/" in key:
         return key
-    for prefix in ("eval_", "final_", "train_"):
+    for prefix, section in (("eval_", "eval"), ("final_", "final"), ("train_", "train_summary")):
         if key.startswith(prefix):
-            return f"{prefix[:-1]}/{key[len(prefix):]}"
+            return f"{section}/{key[len(prefix):]}"
     return f"train/{key}"
 
 

@@ -1,0 +1,73 @@
+"""Write a Markdown table of the finished runs of one MLflow experiment, straight from the store.
+
+    python experiments/summarize_runs.py --tracking-uri sqlite:///mlflow.db \
+        --experiment foundation --out experiments/results/foundation.md
+
+One row per run (teachers first): what ran, its final dev metrics, and the command that ran it
+(rebuilt from the run's logged Hydra overrides).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import mlflow
+import yaml
+
+ROLE_ORDER = {"teacher": 0, "student": 1}
+
+
+def command_of(client: mlflow.MlflowClient, run) -> str:
+    if run.data.tags.get("role") == "teacher":
+        return "fine-tuned by the first student run of this teacher x dataset (cached after)"
+    try:
+        path = client.download_artifacts(run.info.run_id, "config/overrides.yaml")
+    except Exception:  # noqa: BLE001 - runs started outside Hydra have no overrides artifact
+        return ""
+    overrides = [item for item in yaml.safe_load(Path(path).read_text()) or [] if not item.startswith("tracking.")]
+    return "`python run.py " + " ".join(overrides) + "`"
+
+
+def summarize(tracking_uri: str, experiment: str) -> str:
+    client = mlflow.MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise SystemExit(f"no experiment {experiment!r} in {tracking_uri}")
+    finished = [run for run in client.search_runs([found.experiment_id]) if run.info.status == "FINISHED"]
+    finished.sort(key=lambda run: (ROLE_ORDER.get(run.data.tags.get("role"), 2), run.data.tags.get("dataset", ""),
+                                   run.data.tags.get("loss", ""), run.info.start_time))
+    lines = [
+        "| role | dataset | teacher | student | loss | seed | main metric | dev metrics | command |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in finished:
+        tags, metrics = run.data.tags, run.data.metrics
+        dev = ", ".join(
+            f"{name[len('final/'):]} {value * 100:.2f}"
+            for name, value in sorted(metrics.items())
+            if name.startswith("final/") and name != "final/loss"
+        )
+        lines.append(
+            f"| {tags.get('role', '')} | {tags.get('dataset', '')} | {tags.get('teacher', '')} "
+            f"| {tags.get('student', '-')} | {tags.get('loss', 'ce (fine-tune)')} | {tags.get('seed', '-')} "
+            f"| {tags.get('main_metric', '')} {metrics.get('final_metric', float('nan')) * 100:.2f} "
+            f"| {dev} | {command_of(client, run)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--experiment", required=True)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    table = summarize(args.tracking_uri, args.experiment)
+    if args.out:
+        args.out.write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""Every option of every config group composes, and its `_target_` instantiates."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from kdsuite.losses.base import DistillationLoss, LossContext
+from kdsuite.tasks import get_task
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["teacher", "student", "loss", "mapping", "dataset", "trainer"]
+OPTIONS = [
+    (group, path.stem)
+    for group in GROUPS
+    for path in sorted((CONF / group).glob("*.yaml"))
+    if not path.stem.startswith("_")
+]
+EXTRA = {"mapping": {"custom": ["mapping.pairs=[[1,3],[2,6]]"]}}
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS)
+def test_every_option_composes(make_config, group, option):
+    cfg = make_config(f"{group}={option}", *EXTRA.get(group, {}).get(option, []))
+    assert cfg[group] is not None
+    pairs = instantiate(cfg.mapping)(6, 12)
+    assert pairs and all(1 <= s <= 6 and 1 <= t <= 12 for s, t in pairs)
+    context = LossContext(get_task(cfg.dataset.name), pairs, 384, 384, torch.zeros(4, dtype=torch.long))
+    loss = instantiate(cfg.loss)(context=context)
+    assert isinstance(loss, DistillationLoss)
+    if group == "dataset":
+        assert cfg.dataset.name == option
+        get_task(cfg.dataset.name)
+    if group == "student":
+        assert cfg.student.name == option and cfg.student.num_layers >= 2
+
+
+def test_all_groups_are_covered():
+    assert {group for group, _ in OPTIONS} == set(GROUPS)
+    assert {"ce", "kd"} <= {option for group, option in OPTIONS if group == "loss"}
+    assert {"sst2", "mrpc", "rte", "cola", "stsb", "qnli"} == {
+        option for group, option in OPTIONS if group == "dataset"
+    }
+
+
+def test_experiment_presets_compose(make_config):
+    for path in sorted((CONF / "experiment").glob("*.yaml")):
+        cfg = make_config(f"experiment={path.stem}")
+        assert cfg.dataset.name
