@@ -111,3 +111,44 @@ def test_bad_config_fails_before_any_work(make_config, tmp_path, override, error
         train(cfg)
     assert not (tmp_path / "cache").exists()  # no teacher was fine-tuned
     assert runs(cfg) == []
+
+
+@pytest.mark.parametrize(
+    ("loss", "terms"),
+    [("fdd", ["ce", "kd", "traj", "delta"]), ("codir", ["ce", "kd", "crd"])],
+)
+def test_intermediate_layer_losses_log_every_term(make_config, loss, terms):
+    cfg = make_config(*TINY_RUN, f"loss={loss}")
+    train(cfg)
+    [student] = runs(cfg, "student")
+    assert student.info.status == "FINISHED" and student.data.tags["loss"] == loss
+    assert student.data.tags["layer_pairs"] == "[(1, 2), (2, 4)]"
+    for term in terms:
+        points = history(cfg, student, f"train/{term}")
+        assert [point.step for point in points] == [2, 4], term
+        assert all(math.isfinite(point.value) for point in points)
+
+
+def test_fdd_projection_trains_and_is_saved_with_the_student(make_config):
+    from safetensors.torch import load_file
+
+    cfg = make_config(
+        *TINY_RUN, "loss=fdd", "student.init=random", "save_student=true",
+        "+student.config_overrides.hidden_size=16", "+student.config_overrides.intermediate_size=32",
+    )
+    train(cfg)
+    saved = load_file(f"{cfg.output_dir}/student/model.safetensors")
+    assert tuple(saved["distillation_loss.projection.weight"].shape) == (32, 16)
+
+
+def test_fdd_refuses_a_mapping_that_is_not_increasing(make_config):
+    cfg = make_config(*TINY_RUN, "loss=fdd", "mapping=custom", "mapping.pairs=[[1,3],[2,3]]")
+    with pytest.raises(ValueError, match="strictly increasing"):
+        train(cfg)
+    assert runs(cfg) == []
+
+
+def test_fdd_uniform_too_deep_names_the_largest_fit(make_config):
+    cfg = make_config(*TINY_RUN, "loss=fdd", "mapping=fdd_uniform")
+    with pytest.raises(ValueError, match="largest L_D that fits is 1"):
+        train(cfg)

@@ -117,6 +117,7 @@ def fit(
     (the Trainer logs them as `final/<name>`).
     """
     model.add_module("distillation_loss", loss)
+    loss.bind_models(model, teacher)
     args = training_arguments(OmegaConf.to_container(settings, resolve=True), str(out_dir), seed)
     trainer = DistillationTrainer(
         model=model,

@@ -46,5 +46,12 @@ class DistillationLoss(nn.Module):
         super().__init__()
         self.is_regression = context.task.is_regression
 
+    def bind_models(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Called once before training, for losses that use the models' own modules (heads).
+
+        Keep plain references only: the loss is a submodule of the student, so registering the
+        student as a submodule of the loss would make a cycle.
+        """
+
     def forward(self, student_out: Any, teacher_out: Any, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError

