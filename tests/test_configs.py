@@ -26,7 +26,7 @@ def test_every_option_composes(make_config, group, option):
     assert cfg[group] is not None
     pairs = instantiate(cfg.mapping)(6, 12)
     assert pairs and all(1 <= s <= 6 and 1 <= t <= 12 for s, t in pairs)
-    context = LossContext(get_task(cfg.dataset.name), pairs, 384, 384, torch.zeros(4, dtype=torch.long))
+    context = LossContext(get_task(cfg.dataset.name), pairs, 384, 384, torch.tensor([0, 1, 0, 1]))
     loss = instantiate(cfg.loss)(context=context)
     assert isinstance(loss, DistillationLoss)
     if group == "dataset":

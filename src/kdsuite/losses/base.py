@@ -55,3 +55,18 @@ class DistillationLoss(nn.Module):
 
     def forward(self, student_out: Any, teacher_out: Any, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def check_choice(option: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"loss.{option}={value!r} is not one of {list(allowed)}")
+
+
+def check_weight(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"loss.{name}={value} must lie in [0, 1]")
+
+
+def check_temperature(value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"loss.temperature={value} must be > 0")

@@ -39,8 +39,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsuite.losses.base import DistillationLoss, LossContext
-from kdsuite.losses.kd import check_temperature, check_weight, kd_terms
+from kdsuite.losses.base import (
+    DistillationLoss, LossContext, check_choice, check_temperature, check_weight,
+)
+from kdsuite.losses.kd import kd_terms
 
 POOLINGS = ("mean", "cls")
 NEGATIVES = ("label_aware", "random")
@@ -158,11 +160,9 @@ class CoDIRLoss(DistillationLoss):
         momentum: float = 0.5,
     ):
         super().__init__(context)
-        for option, value, allowed in (
-            ("pooling", pooling, POOLINGS), ("negatives", negatives, NEGATIVES), ("objective", objective, OBJECTIVES)
-        ):
-            if value not in allowed:
-                raise ValueError(f"loss.{option}={value!r} is not one of {list(allowed)}")
+        check_choice("pooling", pooling, POOLINGS)
+        check_choice("negatives", negatives, NEGATIVES)
+        check_choice("objective", objective, OBJECTIVES)
         check_weight("beta", beta)
         check_temperature(temperature)
         if lambda_crd < 0 or tau <= 0 or num_negatives < 1 or not 0.0 <= momentum < 1.0:

@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsuite.losses.base import DistillationLoss, LossContext
-from kdsuite.losses.kd import check_temperature, check_weight, kd_terms
+from kdsuite.losses.base import (
+    DistillationLoss, LossContext, check_choice, check_temperature, check_weight,
+)
+from kdsuite.losses.kd import kd_terms
 from kdsuite.mapping import LayerPairs
 
 SPACES = ("hidden", "head", "logit_lens")
@@ -117,11 +119,9 @@ class FDDLoss(DistillationLoss):
         temperature: float = 2.0,
     ):
         super().__init__(context)
-        for option, value, allowed in (
-            ("space", space, SPACES), ("tokens", tokens, TOKENS), ("projection", projection, PROJECTIONS)
-        ):
-            if value not in allowed:
-                raise ValueError(f"loss.{option}={value!r} is not one of {list(allowed)}")
+        check_choice("space", space, SPACES)
+        check_choice("tokens", tokens, TOKENS)
+        check_choice("projection", projection, PROJECTIONS)
         if space == "logit_lens":
             raise ValueError(
                 f"loss.space=logit_lens decodes hidden states through a causal LM's head; task "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdsuite.losses.base import DistillationLoss, LossContext
+from kdsuite.losses.base import DistillationLoss, LossContext, check_temperature, check_weight
 from kdsuite.losses.ce import task_loss
 
 
@@ -42,16 +42,6 @@ def kd_terms(
     else:
         kd = soft_label_kl(student_logits, teacher_logits, temperature)
     return {"ce": ce, "kd": kd, "loss": (1.0 - alpha) * ce + alpha * kd}
-
-
-def check_weight(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"loss.{name}={value} must lie in [0, 1]")
-
-
-def check_temperature(value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"loss.temperature={value} must be > 0")
 
 
 class KDLoss(DistillationLoss):
