@@ -4,7 +4,8 @@
         --experiment foundation --out experiments/results/foundation.md
 
 One row per run (teachers first): what ran, its final dev metrics, and the command that ran it
-(rebuilt from the run's logged Hydra overrides).
+(rebuilt from the run's logged Hydra overrides). If the output file holds the line
+`<!-- table -->`, the text above it is kept and everything below is regenerated.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import mlflow
 import yaml
 
 ROLE_ORDER = {"teacher": 0, "student": 1}
+MARKER = "<!-- table -->"
 
 
 def command_of(client: mlflow.MlflowClient, run) -> str:
@@ -65,7 +67,9 @@ def main() -> None:
     args = parser.parse_args()
     table = summarize(args.tracking_uri, args.experiment)
     if args.out:
-        args.out.write_text(table)
+        existing = args.out.read_text() if args.out.exists() else ""
+        header = existing.split(MARKER)[0] + MARKER + "\n" if MARKER in existing else ""
+        args.out.write_text(header + table)
     print(table)
 
 

@@ -38,7 +38,6 @@ class RunPlan:
     task: TaskSpec
     tokenizer: object
     teacher_config: object
-    student_config: object
     layer_pairs: LayerPairs
     loss: DistillationLoss
     train_set: object
@@ -93,7 +92,6 @@ def plan_run(cfg: DictConfig) -> RunPlan:
         task=task,
         tokenizer=tokenizer,
         teacher_config=teacher_config,
-        student_config=student_config,
         layer_pairs=layer_pairs,
         loss=loss,
         train_set=data.tokenize_split(train_split, tokenizer, length, cfg.dataset.max_train_samples),
