@@ -16,6 +16,8 @@ from pathlib import Path
 import mlflow
 import yaml
 
+from kdsuite.tasks import get_task
+
 ROLE_ORDER = {"teacher": 0, "student": 1}
 MARKER = "<!-- table -->"
 
@@ -46,9 +48,9 @@ def summarize(tracking_uri: str, experiment: str) -> str:
     for run in finished:
         tags, metrics = run.data.tags, run.data.metrics
         dev = ", ".join(
-            f"{name[len('final/'):]} {value * 100:.2f}"
-            for name, value in sorted(metrics.items())
-            if name.startswith("final/") and name != "final/loss"
+            f"{name} {metrics[f'final/{name}'] * 100:.2f}"
+            for name in get_task(tags["dataset"]).metrics
+            if f"final/{name}" in metrics
         )
         lines.append(
             f"| {tags.get('role', '')} | {tags.get('dataset', '')} | {tags.get('teacher', '')} "
