@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import mlflow
+import optuna
 from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
@@ -67,14 +68,20 @@ def hydra_overrides() -> list[str] | None:
 
 
 @contextmanager
-def tracked_run(run_name: str, tags: dict[str, str], cfg: DictConfig | None = None) -> Iterator:
-    """Start an MLflow run (nested under the active one, if any) that ends FAILED on error.
+def tracked_run(
+    run_name: str, tags: dict[str, str], cfg: DictConfig | None = None, parent_run_id: str | None = None
+) -> Iterator:
+    """Start an MLflow run that ends FAILED on error (KILLED on Ctrl-C or when pruned).
 
-    With `cfg`, log its flattened values as params and the resolved YAML (and the Hydra
-    overrides) as artifacts under `config/`.
+    It nests under `parent_run_id` when given, else under the active run if there is one. With
+    `cfg`, log its flattened values as params and the resolved YAML (and the Hydra overrides) as
+    artifacts under `config/`.
     """
     nested = mlflow.active_run() is not None
-    run = mlflow.start_run(run_name=run_name, nested=nested, tags={**tags, "git_commit": git_commit()})
+    run = mlflow.start_run(
+        run_name=run_name, nested=nested, parent_run_id=parent_run_id,
+        tags={**tags, "git_commit": git_commit()},
+    )
     try:
         if cfg is not None:
             mlflow.log_params(config_params(cfg))
@@ -83,7 +90,7 @@ def tracked_run(run_name: str, tags: dict[str, str], cfg: DictConfig | None = No
             if overrides is not None:
                 mlflow.log_text(OmegaConf.to_yaml(overrides), "config/overrides.yaml")
         yield run
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, optuna.TrialPruned):
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
     except BaseException:

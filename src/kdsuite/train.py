@@ -25,6 +25,7 @@ from kdsuite.losses.base import DistillationLoss, LossContext
 from kdsuite.losses.ce import CELoss
 from kdsuite.mapping import LayerPairs, validate_pairs
 from kdsuite.metrics import glue_metrics
+from kdsuite.pruning import pruning_callbacks
 from kdsuite.tasks import TaskSpec, get_task
 from kdsuite.trainer import DistillationTrainer, training_arguments
 
@@ -107,6 +108,7 @@ def fit(
     settings: DictConfig,
     seed: int,
     out_dir: Path,
+    callbacks: list | None = None,
 ) -> dict[str, float]:
     """Train `model` with `loss` under `settings` (TrainingArguments keys), then score it on dev.
 
@@ -127,7 +129,7 @@ def fit(
         compute_metrics=lambda prediction: glue_metrics(
             plan.task, prediction.predictions, prediction.label_ids
         ),
-        callbacks=[tracking.MlflowMetricsCallback()],
+        callbacks=[tracking.MlflowMetricsCallback(), *(callbacks or [])],
         distillation_loss=loss,
         teacher=teacher,
     )
@@ -184,8 +186,9 @@ def train(cfg: DictConfig) -> float:
     }
     if teacher is not None:
         tags.update(teacher_path=str(teacher.path), teacher_run_id=str(teacher.run_id))
+    tags.update({key: str(value) for key, value in (cfg.tracking.get("tags") or {}).items()})
     run_name = f"{plan.loss.name}-{cfg.student.name}-{cfg.dataset.name}-s{cfg.seed}"
-    with tracking.tracked_run(run_name, tags, cfg):
+    with tracking.tracked_run(run_name, tags, cfg, parent_run_id=cfg.tracking.get("parent_run_id")):
         if teacher is not None:
             mlflow.log_metrics({f"teacher/{name}": value for name, value in teacher.metrics.items()})
         set_seed(cfg.seed)
@@ -198,7 +201,10 @@ def train(cfg: DictConfig) -> float:
         )
         mlflow.log_param("student_parameters", models.count_parameters(student))
         teacher_model = teacher.model if plan.loss.needs_teacher else None
-        metrics = fit(student, plan.loss, teacher_model, plan, cfg.trainer, cfg.seed, out_dir / "trainer")
+        metrics = fit(
+            student, plan.loss, teacher_model, plan, cfg.trainer, cfg.seed, out_dir / "trainer",
+            callbacks=pruning_callbacks(cfg, plan.task.main_metric),
+        )
         if cfg.get("save_student"):
             student.save_pretrained(out_dir / "student")
             plan.tokenizer.save_pretrained(out_dir / "student")

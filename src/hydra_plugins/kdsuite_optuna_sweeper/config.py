@@ -1,0 +1,27 @@
+"""Config of the `kdsuite_optuna` sweeper (`hydra/sweeper=kdsuite_optuna`)."""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class KdsuiteOptunaSweeperConf:
+    _target_: str = "hydra_plugins.kdsuite_optuna_sweeper.sweeper.KdsuiteOptunaSweeper"
+    # The Optuna study; re-running the same sweep with the same name and storage resumes it.
+    study_name: Optional[str] = None  # null: "kdsuite_" + a hash of the fixed overrides and space
+    storage: Optional[str] = "sqlite:///optuna.db"  # any Optuna RDB URL; null: in memory
+    direction: str = "maximize"  # every kdsuite objective (the task's main dev metric) is maximised
+    n_trials: int = 12  # trials added by this invocation
+    n_jobs: int = 1  # trials asked per batch and handed to the launcher together
+    sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 0})
+    pruner: Any = None  # e.g. {_target_: optuna.pruners.MedianPruner}; trials report each eval
+    # Search space: key -> Hydra override syntax, e.g. "tag(log, interval(0.1, 10))",
+    # "choice(1.0, 2.0, 4.0)", "range(1, 4)". Sweep overrides on the command line add to it.
+    params: Dict[str, str] = field(default_factory=dict)
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="kdsuite_optuna", node=KdsuiteOptunaSweeperConf, provider="kdsuite"
+)
