@@ -48,3 +48,19 @@ def test_experiment_presets_compose(make_config):
     for path in sorted((CONF / "experiment").glob("*.yaml")):
         cfg = make_config(f"experiment={path.stem}")
         assert cfg.dataset.name
+
+
+@pytest.mark.parametrize(("preset", "loss"), [("fdd_weights", "FDDLoss"), ("codir_weights", "CoDIRLoss"), ("kd_weights", "KDLoss")])
+def test_sweep_presets_compose_and_select_their_loss(make_config, preset, loss):
+    from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
+
+    cfg = make_config(f"sweep={preset}")
+    assert cfg.loss._target_.endswith(loss)
+    assert (CONF / "sweep" / f"{preset}.yaml").read_text().count("loss.") >= 2
+    import yaml
+
+    params = yaml.safe_load((CONF / "sweep" / f"{preset}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    fixed, space = split_overrides([], params)
+    assert fixed == [] and set(space) == set(params)
+    for key in params:  # every searched key exists in the loss config
+        assert key.split(".", 1)[1] in cfg.loss

@@ -1,0 +1,68 @@
+"""Side-by-side method comparisons from a Hydra multirun (`experiment=compare_methods`).
+
+`ComparisonSummary` is a Hydra callback: when the multirun ends it gathers the finished student
+runs the multirun made (tag `comparison` = the multirun folder), writes the mean +- sd of the
+final metric per loss to `<multirun folder>/summary.md`, and logs that table to an MLflow run
+of its own (`role=comparison`).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+import mlflow
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+def summary_rows(runs) -> list[dict[str, object]]:
+    """Per (dataset, student, loss): number of runs, mean and sample sd of `final_metric`."""
+    groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
+    for run in runs:
+        tags = run.data.tags
+        if "final_metric" in run.data.metrics:
+            groups[tags["dataset"], tags["student"], tags["loss"]].append(run.data.metrics["final_metric"])
+    rows = []
+    for (dataset, student, loss), values in sorted(groups.items()):
+        rows.append({
+            "dataset": dataset, "student": student, "loss": loss, "n": len(values),
+            "mean": statistics.fmean(values), "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
+        })
+    return rows
+
+
+def summary_markdown(rows: list[dict[str, object]], metric: str) -> str:
+    lines = [f"| dataset | student | loss | runs | {metric} mean +- sd |", "|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row['dataset']} | {row['student']} | {row['loss']} | {row['n']} "
+            f"| {row['mean'] * 100:.2f} +- {row['sd'] * 100:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+class ComparisonSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = str(config.hydra.sweep.dir)
+        client = mlflow.MlflowClient(config.tracking.uri)
+        experiment = client.get_experiment_by_name(config.tracking.experiment)
+        if experiment is None:
+            return
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.comparison = '{sweep_dir}' and tags.role = 'student' and attributes.status = 'FINISHED'",
+        )
+        metric = runs[0].data.tags.get("main_metric", "metric") if runs else "metric"
+        table = summary_markdown(summary_rows(runs), metric)
+        path = Path(sweep_dir) / "summary.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(table)
+        run = client.create_run(
+            experiment.experiment_id, run_name=f"comparison-{Path(sweep_dir).name}",
+            tags={"role": "comparison", "comparison": sweep_dir},
+        )
+        client.log_artifact(run.info.run_id, str(path))
+        client.set_terminated(run.info.run_id)
+        print(table)
