@@ -38,7 +38,8 @@ def summarize(tracking_uri: str, experiment: str) -> str:
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise SystemExit(f"no experiment {experiment!r} in {tracking_uri}")
-    finished = [run for run in client.search_runs([found.experiment_id]) if run.info.status == "FINISHED"]
+    every_run = client.search_runs([found.experiment_id])
+    finished = [run for run in every_run if run.info.status == "FINISHED" and run.data.tags.get("role") in ROLE_ORDER]
     finished.sort(key=lambda run: (ROLE_ORDER.get(run.data.tags.get("role"), 2), run.data.tags.get("dataset", ""),
                                    run.data.tags.get("loss", ""), run.info.start_time))
     lines = [
@@ -58,7 +59,26 @@ def summarize(tracking_uri: str, experiment: str) -> str:
             f"| {tags.get('main_metric', '')} {metrics.get('final_metric', float('nan')) * 100:.2f} "
             f"| {dev} | {command_of(client, run)} |"
         )
+    for sweep in (run for run in every_run if run.data.tags.get("role") == "sweep"):
+        lines += ["", *sweep_section(client, sweep)]
     return "\n".join(lines) + "\n"
+
+
+def sweep_section(client: mlflow.MlflowClient, sweep) -> list[str]:
+    """A sweep parent run: its best trial and its per-trial table (the run's own artifact)."""
+    tags, metrics = sweep.data.tags, sweep.data.metrics
+    best = {key[len("best."):]: value for key, value in tags.items() if key.startswith("best.")}
+    lines = [
+        f"Sweep `{tags.get('optuna_study')}` (MLflow run {sweep.info.run_id}, {sweep.info.status}): "
+        f"best trial {tags.get('best_trial')} with {metrics.get('best_value', float('nan')) * 100:.2f}, "
+        f"params {best}",
+        "",
+    ]
+    try:
+        lines.append(Path(client.download_artifacts(sweep.info.run_id, "sweep/trials.md")).read_text())
+    except Exception:  # noqa: BLE001 - a sweep still running has no table yet
+        lines.append("(no trial table yet)")
+    return lines
 
 
 def main() -> None:

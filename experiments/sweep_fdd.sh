@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sweep evidence: FDD weights on the MiniLM teacher -> bert2l, MRPC full train set, 1 epoch per
+# trial (the CPU budget here), 12 TPE trials, plus one run with the default weights under the
+# same settings for reference.
+#   GLUE_DIR=../shared/data/glue bash experiments/sweep_fdd.sh [TRACKING_URI] [OPTUNA_STORAGE]
+# then: python experiments/summarize_runs.py --experiment sweeps --out experiments/results/sweeps.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+uri="${1:-sqlite:///mlflow.db}"
+storage="${2:-sqlite:///optuna.db}"
+common=(dataset=mrpc student=bert2l trainer.num_train_epochs=1 trainer.eval_strategy=no seed=42
+        tracking.uri="$uri" tracking.experiment=sweeps)
+python run.py loss=fdd "${common[@]}"
+python run.py -m sweep=fdd_weights "${common[@]}" hydra.sweeper.n_trials=12 hydra.sweeper.storage="$storage"
