@@ -100,3 +100,22 @@ def test_tokenized_split_carries_labels_and_example_index(glue_dir):
     rows = subset_indices(len(split), 20)
     assert dataset["labels"] == [split.labels[i] for i in rows]
     assert 1 in dataset["token_type_ids"][0]  # sentence pairs are encoded as pairs
+
+
+def test_hub_path_maps_columns_when_no_data_dir(monkeypatch):
+    """Without data_dir the split comes from nyu-mll/glue (faked here: no hub access offline)."""
+    import datasets
+
+    calls = []
+
+    def fake_load_dataset(path, name, split):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_dict(
+            {"question": ["Who?", "When?"], "sentence": ["Him.", "Now."], "label": [0, 1], "idx": [0, 1]}
+        )
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    split = load_split(get_task("qnli"), "train", None)
+    assert calls == [("nyu-mll/glue", "qnli", "train")]
+    assert (split.text_a, split.text_b, split.labels) == (["Who?", "When?"], ["Him.", "Now."], [0, 1])
+    check_data_available(get_task("qnli"), None)  # nothing to check locally
