@@ -1,7 +1,7 @@
 """Write a Markdown table of the finished runs of one MLflow experiment, straight from the store.
 
     python experiments/summarize_runs.py --tracking-uri sqlite:///mlflow.db \
-        --experiment foundation --out experiments/results/foundation.md
+        --experiment foundation [more experiments ...] --out experiments/results/foundation.md
 
 One row per run (teachers first): what ran, its final dev metrics, and the command that ran it
 (rebuilt from the run's logged Hydra overrides). If the output file holds the line
@@ -11,15 +11,22 @@ One row per run (teachers first): what ran, its final dev metrics, and the comma
 from __future__ import annotations
 
 import argparse
+import os
+from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 import mlflow
 import yaml
 
+from kdsuite.data import load_split
+from kdsuite.metrics import glue_metrics
 from kdsuite.tasks import get_task
 
 ROLE_ORDER = {"teacher": 0, "student": 1}
 MARKER = "<!-- table -->"
+LOSS_ORDER = {"ce": 0, "kd": 1, "fdd": 2, "codir": 3}
 
 
 def command_of(client: mlflow.MlflowClient, run) -> str:
@@ -33,15 +40,19 @@ def command_of(client: mlflow.MlflowClient, run) -> str:
     return "`python run.py " + " ".join(overrides) + "`"
 
 
-def summarize(tracking_uri: str, experiment: str) -> str:
+def summarize(tracking_uri: str, experiments: list[str]) -> str:
     client = mlflow.MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise SystemExit(f"no experiment {experiment!r} in {tracking_uri}")
-    every_run = client.search_runs([found.experiment_id])
+    ids = []
+    for name in experiments:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            raise SystemExit(f"no experiment {name!r} in {tracking_uri}")
+        ids.append(found.experiment_id)
+    every_run = client.search_runs(ids)
     finished = [run for run in every_run if run.info.status == "FINISHED" and run.data.tags.get("role") in ROLE_ORDER]
     finished.sort(key=lambda run: (ROLE_ORDER.get(run.data.tags.get("role"), 2), run.data.tags.get("dataset", ""),
-                                   run.data.tags.get("loss", ""), run.info.start_time))
+                                   run.data.tags.get("student", ""), LOSS_ORDER.get(run.data.tags.get("loss"), 9),
+                                   run.info.start_time))
     lines = [
         "| role | dataset | teacher | student | loss | seed | main metric | dev metrics | command |",
         "|---|---|---|---|---|---|---|---|---|",
@@ -59,9 +70,27 @@ def summarize(tracking_uri: str, experiment: str) -> str:
             f"| {tags.get('main_metric', '')} {metrics.get('final_metric', float('nan')) * 100:.2f} "
             f"| {dev} | {command_of(client, run)} |"
         )
+    for dataset in sorted({run.data.tags.get("dataset") for run in finished} - {None}):
+        lines.append(majority_row(dataset))
     for sweep in (run for run in every_run if run.data.tags.get("role") == "sweep"):
         lines += ["", *sweep_section(client, sweep)]
     return "\n".join(lines) + "\n"
+
+
+def majority_row(dataset: str) -> str:
+    """The dev metrics of always predicting the most frequent train label (reference row)."""
+    task = get_task(dataset)
+    data_dir = os.environ.get("GLUE_DIR")
+    if task.is_regression or not data_dir:
+        return f"| baseline | {dataset} | - | - | majority class | - | (needs GLUE_DIR) | | |"
+    majority = Counter(load_split(task, "train", data_dir).labels).most_common(1)[0][0]
+    labels = np.array(load_split(task, "validation", data_dir).labels)
+    logits = np.zeros((len(labels), task.num_labels))
+    logits[:, majority] = 1.0
+    metrics = glue_metrics(task, logits, labels)
+    dev = ", ".join(f"{name} {value * 100:.2f}" for name, value in metrics.items())
+    return (f"| baseline | {dataset} | - | - | majority class | - | {task.main_metric} "
+            f"{metrics[task.main_metric] * 100:.2f} | {dev} | always predict train label {majority} |")
 
 
 def sweep_section(client: mlflow.MlflowClient, sweep) -> list[str]:
@@ -84,7 +113,7 @@ def sweep_section(client: mlflow.MlflowClient, sweep) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
-    parser.add_argument("--experiment", required=True)
+    parser.add_argument("--experiment", required=True, nargs="+", help="one or more MLflow experiments")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     table = summarize(args.tracking_uri, args.experiment)
