@@ -1,0 +1,32 @@
+"""Pruning inside sweep trials: each evaluation is reported, a pruned trial stops and its MLflow
+run ends KILLED (not FAILED)."""
+
+from types import SimpleNamespace
+
+import mlflow
+import optuna
+import pytest
+
+from kdsuite import tracking
+from kdsuite.pruning import OptunaPruningCallback
+
+
+def test_callback_reports_and_prunes():
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.6))
+    trial = study.ask()
+    callback = OptunaPruningCallback(trial, "accuracy")
+    state = SimpleNamespace(global_step=10)
+    callback.on_evaluate(None, state, None, metrics={"eval_accuracy": 0.7})
+    assert trial.storage.get_trial(trial._trial_id).intermediate_values == {10: 0.7}
+    callback.on_evaluate(None, SimpleNamespace(global_step=20), None, metrics={"final_accuracy": 0.1})  # ignored
+    with pytest.raises(optuna.TrialPruned, match="pruned at step 30 with accuracy=0.5000"):
+        callback.on_evaluate(None, SimpleNamespace(global_step=30), None, metrics={"eval_accuracy": 0.5})
+
+
+def test_pruned_run_is_killed_in_mlflow(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment("pruning")
+    with pytest.raises(optuna.TrialPruned):
+        with tracking.tracked_run("pruned", {"role": "student"}) as run:
+            raise optuna.TrialPruned("stop")
+    assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "KILLED"
