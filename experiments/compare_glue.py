@@ -1,0 +1,145 @@
+"""The multi-seed GLUE comparison of ce, kd, fdd and codir: runs what is missing, then writes the table.
+
+    GLUE_DIR=../shared/data/glue python experiments/compare_glue.py --seeds 1 2 3
+    python experiments/compare_glue.py --table-only          # rebuild the table from MLflow
+
+Grid: tasks x students x losses x seeds, MiniLM teacher fine-tuned once per task (the cache),
+students initialised from the teacher via the mapping, default loss weights. It resumes: a
+combination that already has a FINISHED run in the MLflow experiment is not run again. Each
+finished run is appended to the CSV record (committed), so the table survives without the
+MLflow database. SST-2 uses a fixed seeded train subset (`--sst2-train-samples`).
+
+Outputs: the Markdown table (`results_table.build_table`), a bar plot with error bars (PNG),
+both logged to an MLflow run with `role=comparison`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+
+from kdsuite.results_table import RunResult, append_csv, build_table, pending, run_results
+from kdsuite.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def finished_runs(client: mlflow.MlflowClient, experiment: str):
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs(
+        [found.experiment_id], filter_string="tags.role = 'student' and attributes.status = 'FINISHED'",
+        max_results=50000,
+    )
+
+
+def teacher_metrics(runs) -> dict[str, float]:
+    """Each task's fine-tuned teacher score, as the student runs recorded it (`teacher/<metric>`)."""
+    teacher = {}
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        key = f"teacher/{get_task(tags['dataset']).main_metric}"
+        if key in metrics:
+            teacher[tags["dataset"]] = metrics[key]
+    return teacher
+
+
+def plot(results: list[RunResult], tasks: list[str], losses: list[str], student: str, path: Path) -> None:
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(1.8 * len(tasks) + 2, 4))
+    width = 0.8 / len(losses)
+    for offset, loss in enumerate(losses):
+        means, sds = [], []
+        for task in tasks:
+            values = [r.value * 100 for r in results if (r.student, r.loss, r.dataset) == (student, loss, task)]
+            means.append(statistics.fmean(values) if values else 0.0)
+            sds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+        positions = [i + offset * width for i in range(len(tasks))]
+        axes.bar(positions, means, width, yerr=sds, capsize=3, label=loss)
+    axes.set_xticks([i + width * (len(losses) - 1) / 2 for i in range(len(tasks))], tasks)
+    axes.set_ylabel("dev main metric (x100), mean +- sd over seeds")
+    axes.set_title(f"MiniLM teacher -> {student}")
+    axes.legend()
+    figure.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"])
+    parser.add_argument("--students", nargs="+", default=["bert2l"])
+    parser.add_argument("--losses", nargs="+", default=["ce", "kd", "fdd", "codir"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--sst2-train-samples", type=int, default=8000)
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--experiment", default="glue")
+    parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "results")
+    parser.add_argument("--table-only", action="store_true", help="run nothing, rebuild the table")
+    parser.add_argument("--override", nargs="*", default=[], help="extra run.py overrides for every run")
+    args = parser.parse_args()
+
+    client = mlflow.MlflowClient(args.tracking_uri)
+    grid = [(t, s, l, seed) for t in args.tasks for s in args.students for l in args.losses for seed in args.seeds]
+    todo = [] if args.table_only else pending(grid, run_results(finished_runs(client, args.experiment)))
+    print(f"{len(grid) - len(todo)} of {len(grid)} runs already finished; {len(todo)} to run")
+    for task, student, loss, seed in todo:
+        overrides = [f"dataset={task}", f"student={student}", f"loss={loss}", f"seed={seed}",
+                     f"tracking.uri={args.tracking_uri}", f"tracking.experiment={args.experiment}", *args.override]
+        if task == "sst2":
+            overrides.append(f"dataset.max_train_samples={args.sst2_train_samples}")
+        result = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides], cwd=ROOT)
+        if result.returncode != 0:
+            print(f"run failed (marked FAILED in MLflow), going on: {' '.join(overrides)}")
+        append_csv(args.results / "glue_runs.csv", run_results(finished_runs(client, args.experiment)))
+
+    runs = finished_runs(client, args.experiment)
+    results = [r for r in run_results(runs) if r.dataset in args.tasks and r.student in args.students]
+    append_csv(args.results / "glue_runs.csv", results)
+    names = {task: get_task(task).main_metric for task in args.tasks}
+    table = build_table(results, teacher_metrics(runs), args.tasks, args.losses, names)
+    figures = []
+    for student in args.students:
+        figure = args.results / f"glue_{student}.png"
+        plot(results, args.tasks, args.losses, student, figure)
+        figures.append(figure)
+    links = "\n".join(f"![{f.stem}]({f.name})" for f in figures)
+    (args.results / "glue.md").write_text(
+        "# GLUE comparison (generated by experiments/compare_glue.py from MLflow)\n\n" + table + "\n" + links + "\n"
+    )
+    with _comparison_run(client, args.experiment) as run_id:
+        client.log_artifact(run_id, str(args.results / "glue.md"))
+        for figure in figures:
+            client.log_artifact(run_id, str(figure))
+    print(table)
+
+
+class _comparison_run:
+    """A `role=comparison` MLflow run holding the table and plots (context manager)."""
+
+    def __init__(self, client: mlflow.MlflowClient, experiment: str):
+        self.client, self.experiment = client, experiment
+
+    def __enter__(self) -> str:
+        found = self.client.get_experiment_by_name(self.experiment)
+        experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
+        self.run_id = self.client.create_run(experiment_id, run_name="glue-comparison",
+                                             tags={"role": "comparison"}).info.run_id
+        return self.run_id
+
+    def __exit__(self, error_type, *_):
+        self.client.set_terminated(self.run_id, status="FAILED" if error_type else "FINISHED")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The multi-seed comparison table built from finished MLflow runs (issue 6's GLUE table).
+
+Rows: the teacher (one fine-tuned run per task), then per (student, loss) the mean +- sd over
+seeds of each task's main metric, the average over tasks, and a paired test against `kd`.
+
+The paired test: for every (task, seed) present for both the loss and kd, the difference of the
+main metric; a paired t-test (scipy.stats.ttest_rel) over those pairs, two-sided. Pairing across
+tasks and seeds gives the test its power (3 seeds alone cannot reach p < 0.25 with Wilcoxon);
+the per-task differences are in the table for anyone who wants them task by task.
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from scipy.stats import ttest_rel
+
+
+@dataclass(frozen=True)
+class RunResult:
+    dataset: str
+    student: str
+    loss: str
+    seed: int
+    value: float  # the task's main dev metric (final_metric), as a fraction
+    run_id: str = ""
+
+
+def run_results(runs) -> list[RunResult]:
+    """Finished student runs (MLflow `Run` objects) -> RunResult; runs without a final metric are skipped."""
+    results = []
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        if tags.get("role") != "student" or "final_metric" not in metrics:
+            continue
+        results.append(RunResult(tags["dataset"], tags["student"], tags["loss"], int(tags["seed"]),
+                                 metrics["final_metric"], run.info.run_id))
+    return results
+
+
+def pending(grid: list[tuple[str, str, str, int]], done: list[RunResult]) -> list[tuple[str, str, str, int]]:
+    """The (dataset, student, loss, seed) grid points without a finished run: what to resume."""
+    have = {(r.dataset, r.student, r.loss, r.seed) for r in done}
+    return [point for point in grid if point not in have]
+
+
+CSV_FIELDS = ["run_id", "dataset", "student", "loss", "seed", "value"]
+
+
+def append_csv(path: Path, results: list[RunResult]) -> int:
+    """Append the results whose run ids the CSV record does not hold yet; returns how many."""
+    known = set()
+    if path.exists():
+        with open(path) as handle:
+            known = {row["run_id"] for row in csv.DictReader(handle)}
+    new = [r for r in results if r.run_id not in known]
+    write_header = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        if write_header:
+            writer.writeheader()
+        writer.writerows({field: getattr(r, field) for field in CSV_FIELDS} for r in new)
+    return len(new)
+
+
+def read_csv(path: Path) -> list[RunResult]:
+    """The committed record back as results (rebuilding the table without MLflow)."""
+    with open(path) as handle:
+        return [RunResult(row["dataset"], row["student"], row["loss"], int(row["seed"]), float(row["value"]),
+                          row["run_id"]) for row in csv.DictReader(handle)]
+
+
+def cell_stats(values: list[float]) -> tuple[float, float]:
+    """Mean and sample sd (0 for a single value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired_test(results: list[RunResult], student: str, loss: str, reference: str = "kd"):
+    """(mean difference, p-value, number of pairs) of `loss` minus `reference` over (task, seed)."""
+    by_key = {(r.dataset, r.seed, r.loss): r.value for r in results if r.student == student}
+    pairs = [
+        (by_key[task, seed, loss], by_key[task, seed, reference])
+        for (task, seed, name) in by_key
+        if name == loss and (task, seed, reference) in by_key
+    ]
+    if len(pairs) < 2:
+        return None, None, len(pairs)
+    ours, theirs = zip(*pairs)
+    difference = statistics.fmean(a - b for a, b in pairs)
+    if all(a == b for a, b in pairs):
+        return 0.0, 1.0, len(pairs)
+    return difference, float(ttest_rel(ours, theirs).pvalue), len(pairs)
+
+
+def build_table(
+    results: list[RunResult], teacher: dict[str, float], tasks: list[str], losses: list[str],
+    metric_names: dict[str, str],
+) -> str:
+    """Markdown: teacher row, then one row per (student, loss) with mean +- sd per task (x100),
+    the average over tasks of the per-task means, and the paired test against kd."""
+    header = ["model", *[f"{task} ({metric_names[task]})" for task in tasks], "avg", "vs kd: diff, p (pairs)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    teacher_cells = [f"{teacher[task] * 100:.2f}" if task in teacher else "-" for task in tasks]
+    teacher_avg = [teacher[task] for task in tasks if task in teacher]
+    teacher_mean = f"{statistics.fmean(teacher_avg) * 100:.2f}" if len(teacher_avg) == len(tasks) else "-"
+    lines.append("| teacher | " + " | ".join(teacher_cells) + f" | {teacher_mean} | |")
+    for student in sorted({r.student for r in results}):
+        for loss in losses:
+            cells, means = [], []
+            for task in tasks:
+                values = [r.value for r in results if (r.student, r.loss, r.dataset) == (student, loss, task)]
+                if not values:
+                    cells.append("-")
+                    continue
+                mean, sd = cell_stats(values)
+                means.append(mean)
+                cells.append(f"{mean * 100:.2f} +- {sd * 100:.2f} (n={len(values)})")
+            if not means:
+                continue
+            average = f"{statistics.fmean(means) * 100:.2f}" if len(means) == len(tasks) else "-"
+            difference, p_value, n_pairs = paired_test(results, student, loss)
+            versus = "reference" if loss == "kd" else (
+                f"{difference * 100:+.2f}, p={p_value:.3g} ({n_pairs})" if p_value is not None else f"- ({n_pairs})"
+            )
+            lines.append(f"| {student} {loss} | " + " | ".join(cells) + f" | {average} | {versus} |")
+    return "\n".join(lines) + "\n"
