@@ -26,7 +26,7 @@ from kdsuite import models
 from kdsuite.losses.base import LossContext
 from kdsuite.mapping import validate_pairs
 from kdsuite.tasks import get_task
-from kdsuite.trainer import DistillationTrainer, resolve_bf16, training_arguments
+from kdsuite.trainer import DistillationTrainer, attach_loss, resolve_bf16, training_arguments
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 LOSSES = ("ce", "kd", "fdd", "codir")
@@ -71,8 +71,7 @@ def build_trainers(args, out_dir: Path):
                               torch.arange(args.batch) % 2)
         loss = instantiate(loss_cfg)(context=context)
         student = models.build_student(cfg.student, teacher, teacher_config, pairs, task)
-        student.add_module("distillation_loss", loss)
-        loss.bind_models(student, teacher)
+        attach_loss(student, loss, teacher)
         trainer = DistillationTrainer(
             model=student, args=training_arguments(settings, str(out_dir / name), seed=0),
             distillation_loss=loss, teacher=teacher if loss.needs_teacher else None,

@@ -56,7 +56,6 @@ def test_sweep_presets_compose_and_select_their_loss(make_config, preset, loss):
 
     cfg = make_config(f"sweep={preset}")
     assert cfg.loss._target_.endswith(loss)
-    assert (CONF / "sweep" / f"{preset}.yaml").read_text().count("loss.") >= 2
     import yaml
 
     params = yaml.safe_load((CONF / "sweep" / f"{preset}.yaml").read_text())["hydra"]["sweeper"]["params"]

@@ -27,7 +27,7 @@ from kdsuite.mapping import LayerPairs, validate_pairs
 from kdsuite.metrics import glue_metrics
 from kdsuite.pruning import pruning_callbacks
 from kdsuite.tasks import TaskSpec, get_task
-from kdsuite.trainer import DistillationTrainer, training_arguments
+from kdsuite.trainer import DistillationTrainer, attach_loss, training_arguments
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,7 @@ def fit(
     saved with it. Returns the final dev metrics: the task's GLUE metrics and the task `loss`
     (the Trainer logs them as `final/<name>`).
     """
-    model.add_module("distillation_loss", loss)
-    loss.bind_models(model, teacher)
+    attach_loss(model, loss, teacher)
     args = training_arguments(OmegaConf.to_container(settings, resolve=True), str(out_dir), seed)
     trainer = DistillationTrainer(
         model=model,

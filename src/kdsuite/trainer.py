@@ -24,6 +24,13 @@ def model_inputs(batch: dict) -> dict:
     return {key: batch[key] for key in MODEL_INPUT_KEYS if key in batch}
 
 
+def attach_loss(model, loss: DistillationLoss, teacher=None) -> None:
+    """Make the loss a submodule of the student (its learned parts train and save with it) and
+    let it bind to the models' own modules (fdd's head space)."""
+    model.add_module("distillation_loss", loss)
+    loss.bind_models(model, teacher)
+
+
 class TermAverager:
     """Running means of detached loss terms, kept on device so logging causes the only sync."""
 
