@@ -28,6 +28,11 @@ def store(tmp_path):
     failed = client.create_run(experiment_id, tags={
         "role": "student", "dataset": "rte", "student": "bert2l", "loss": "ce", "seed": "1"})
     client.set_terminated(failed.info.run_id, status="FAILED")  # no metric: never counted
+    ablation = client.create_run(experiment_id, tags={
+        "role": "student", "dataset": "rte", "student": "bert2l", "loss": "fdd", "seed": "1",
+        "variant": "fdd_traj"})
+    client.log_metric(ablation.info.run_id, "final_metric", 0.5)
+    client.set_terminated(ablation.info.run_id)
     return client, experiment_id
 
 
@@ -37,7 +42,7 @@ def finished(client, experiment_id):
 
 def test_means_sds_and_paired_test(store):
     results = run_results(finished(*store))
-    assert len(results) == 12
+    assert len(results) == 13
     table = build_table(results, {"rte": 0.65, "mrpc": 0.86}, ["rte", "mrpc"], ["kd", "fdd"],
                         {"rte": "accuracy", "mrpc": "f1"})
     fdd_rte = VALUES["rte", "fdd"]
@@ -61,10 +66,18 @@ def test_resume_skips_finished_runs_only(store):
     assert sorted(todo) == sorted((task, "bert2l", "ce", seed) for task in ("rte", "mrpc") for seed in (1, 2, 3))
 
 
+def test_variant_tag_labels_an_ablation_run_apart_from_its_loss(store):
+    results = run_results(finished(*store))
+    assert [r.value for r in results if r.loss == "fdd_traj"] == [0.5]
+    assert 0.5 not in [r.value for r in results if r.loss == "fdd"]
+    assert pending([("rte", "bert2l", "fdd_traj", 1), ("rte", "bert2l", "fdd_traj", 2)], results) == [
+        ("rte", "bert2l", "fdd_traj", 2)]
+
+
 def test_csv_record_appends_once_and_reads_back(store, tmp_path):
     results = run_results(finished(*store))
     path = tmp_path / "glue_runs.csv"
     assert append_csv(path, results[:5]) == 5
-    assert append_csv(path, results) == 7  # only the new ones
+    assert append_csv(path, results) == 8  # only the new ones
     assert append_csv(path, results) == 0
     assert sorted(read_csv(path), key=lambda r: r.run_id) == sorted(results, key=lambda r: r.run_id)

@@ -23,20 +23,24 @@ from scipy.stats import ttest_rel
 class RunResult:
     dataset: str
     student: str
-    loss: str
+    loss: str  # the loss family, or the run's `variant` tag when it has one (ablations)
     seed: int
     value: float  # the task's main dev metric (final_metric), as a fraction
     run_id: str = ""
 
 
 def run_results(runs) -> list[RunResult]:
-    """Finished student runs (MLflow `Run` objects) -> RunResult; runs without a final metric are skipped."""
+    """Finished student runs (MLflow `Run` objects) -> RunResult; runs without a final metric are skipped.
+
+    A run tagged `variant` (e.g. `fdd_traj`: fdd with beta_delta=0) is labelled by that tag, so an
+    ablation's variants and the loss families share one grid, one table builder and one CSV."""
     results = []
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
         if tags.get("role") != "student" or "final_metric" not in metrics:
             continue
-        results.append(RunResult(tags["dataset"], tags["student"], tags["loss"], int(tags["seed"]),
+        label = tags.get("variant") or tags["loss"]
+        results.append(RunResult(tags["dataset"], tags["student"], label, int(tags["seed"]),
                                  metrics["final_metric"], run.info.run_id))
     return results
 
