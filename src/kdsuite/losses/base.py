@@ -1,4 +1,4 @@
-"""What every loss family shares: the context a run gives it and the call signature."""
+"""What every loss family shares: the context a run gives it, the call signature and the task loss."""
 
 from __future__ import annotations
 
@@ -6,20 +6,33 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from kdsuite.losses.tokens import IGNORE_INDEX, response_token_ce
 from kdsuite.mapping import LayerPairs
-from kdsuite.tasks import TaskSpec
+from kdsuite.tasks import CausalTaskSpec, TaskSpec
+
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, is_regression: bool) -> torch.Tensor:
+    """Cross-entropy on class labels, or MSE on the single output for regression (STS-B).
+
+    Both are means over the examples of the batch; class labels equal to -100 are ignored.
+    """
+    if is_regression:
+        return F.mse_loss(logits.squeeze(-1).float(), labels.float())  # (B,) vs (B,)
+    return F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX)
 
 
 @dataclass(frozen=True)
 class LossContext:
     """What a run knows before training that a loss may need to build itself.
 
-    `train_labels[i]` is the label of the training example whose `example_index` is i.
+    `train_labels[i]` is the label of the training example whose `example_index` is i (empty
+    for causal-LM tasks, whose labels are token sequences).
     """
 
-    task: TaskSpec
+    task: TaskSpec | CausalTaskSpec
     layer_pairs: LayerPairs
     student_hidden_size: int
     teacher_hidden_size: int
@@ -32,7 +45,8 @@ class DistillationLoss(nn.Module):
     `student_out`/`teacher_out` are Hugging Face model outputs (`logits`, and `hidden_states`
     when `needs_hidden_states`); `teacher_out` is None when `needs_teacher` is false, and the
     Trainer then skips the teacher forward entirely. `batch` holds `labels`, `attention_mask`
-    and `example_index`. Terms are per-example means; the Trainer logs each one separately.
+    and `example_index`. Terms are per-example means (per response token on the causal-LM track,
+    where `labels` are token ids with -100 on the prompt); the Trainer logs each one separately.
     Learned parts (projections, heads, memory banks) live on the module and train and save with
     the student.
     """
@@ -45,6 +59,13 @@ class DistillationLoss(nn.Module):
     def __init__(self, context: LossContext):
         super().__init__()
         self.is_regression = context.task.is_regression
+        self.is_causal_lm = context.task.is_causal_lm
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The student's own loss on gold labels: CE, MSE (regression) or response-token CE."""
+        if self.is_causal_lm:
+            return response_token_ce(logits, labels)
+        return task_loss(logits, labels, self.is_regression)
 
     def bind_models(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Called once before training, for losses that use the models' own modules (heads).

@@ -160,6 +160,11 @@ class CoDIRLoss(DistillationLoss):
         momentum: float = 0.5,
     ):
         super().__init__(context)
+        if self.is_causal_lm:
+            raise ValueError(
+                f"codir contrasts per-example representations of labelled examples; task "
+                f"{context.task.name!r} trains causal LMs: use loss=ce, kd or fdd there"
+            )
         check_choice("pooling", pooling, POOLINGS)
         check_choice("negatives", negatives, NEGATIVES)
         check_choice("objective", objective, OBJECTIVES)

@@ -24,6 +24,14 @@ Choices made where the paper is silent (encoder setting; the paper only runs cau
 - With a single pair the delta term is undefined: `beta_delta > 0` then fails at construction.
 - L_KD is `kd_terms` with this loss's `alpha` and `temperature` (so `alpha=0` reduces L_KD to CE).
 - `space=logit_lens` (the paper's own, for causal LMs) is refused for sequence classifiers.
+- `space=auto` (the default) is `hidden` for classifiers and `logit_lens` for causal LMs.
+
+Causal-LM track (`space=logit_lens`, `losses/logit_lens.py`): f(l) = log_softmax(head(norm(h_l)))
+with each model's own final norm and LM head, D = forward KL(teacher || student) per response
+token, the delta cosine over the vocabulary; fp32, in chunks of `chunk_size` tokens. L_KD is the
+token-level KD of `kd.py` with this loss's `divergence`/`skew` (forward KL by default; the causal
+presets set `temperature: 1`). All terms are means over response tokens. `hidden` and `head`
+are not offered on causal LMs (the paper reports LM-head decoding beats a learned projection).
 """
 
 from __future__ import annotations
@@ -35,10 +43,11 @@ from torch import nn
 from kdsuite.losses.base import (
     DistillationLoss, LossContext, check_choice, check_temperature, check_weight,
 )
-from kdsuite.losses.kd import kd_terms
+from kdsuite.losses.kd import causal_kd_terms, check_divergence, kd_terms
+from kdsuite.losses.logit_lens import LogitLens, logit_lens_terms
 from kdsuite.mapping import LayerPairs
 
-SPACES = ("hidden", "head", "logit_lens")
+SPACES = ("auto", "hidden", "head", "logit_lens")
 TOKENS = ("all", "cls")
 PROJECTIONS = ("auto", "none")
 COSINE_EPS = 1e-8
@@ -112,20 +121,31 @@ class FDDLoss(DistillationLoss):
         context: LossContext,
         alpha_traj: float = 1.0,
         beta_delta: float = 1.0,
-        space: str = "hidden",
+        space: str = "auto",
         tokens: str = "all",
         projection: str = "auto",
         alpha: float = 0.5,
         temperature: float = 2.0,
+        divergence: str = "forward_kl",
+        skew: float = 0.1,
+        chunk_size: int = 256,
     ):
         super().__init__(context)
         check_choice("space", space, SPACES)
         check_choice("tokens", tokens, TOKENS)
         check_choice("projection", projection, PROJECTIONS)
-        if space == "logit_lens":
+        check_divergence(divergence, skew)
+        if space == "auto":
+            space = "logit_lens" if self.is_causal_lm else "hidden"
+        if space == "logit_lens" and not self.is_causal_lm:
             raise ValueError(
                 f"loss.space=logit_lens decodes hidden states through a causal LM's head; task "
                 f"{context.task.name!r} trains sequence classifiers: use space=hidden or space=head"
+            )
+        if space != "logit_lens" and self.is_causal_lm:
+            raise ValueError(
+                f"loss.space={space} is for sequence classifiers; task {context.task.name!r} trains "
+                f"causal LMs: use space=logit_lens (or auto)"
             )
         if alpha_traj < 0 or beta_delta < 0:
             raise ValueError(f"loss.alpha_traj={alpha_traj} and loss.beta_delta={beta_delta} must be >= 0")
@@ -139,9 +159,11 @@ class FDDLoss(DistillationLoss):
         self.alpha_traj, self.beta_delta = alpha_traj, beta_delta
         self.space, self.tokens = space, tokens
         self.alpha, self.temperature = alpha, temperature
+        self.divergence, self.skew, self.chunk_size = divergence, skew, chunk_size
         self.layer_pairs: LayerPairs = list(context.layer_pairs)
         self.projection = self._projection(context, space, projection)
         self._heads = None  # (student_head, teacher_head) for space=head, set by bind_models
+        self._lenses = None  # (student LogitLens, teacher LogitLens) for space=logit_lens
 
     @staticmethod
     def _projection(context: LossContext, space: str, projection: str) -> nn.Module:
@@ -158,6 +180,8 @@ class FDDLoss(DistillationLoss):
     def bind_models(self, student: nn.Module, teacher: nn.Module | None) -> None:
         if self.space == "head":
             self._heads = (classifier_head(student), classifier_head(teacher))
+        if self.space == "logit_lens":
+            self._lenses = (LogitLens(student), LogitLens(teacher))
 
     def features(self, student_out, teacher_out, mask):
         """Per pair: (teacher features, student features, token mask) in the chosen space."""
@@ -181,6 +205,8 @@ class FDDLoss(DistillationLoss):
         return [h.float() for h in teacher_hidden], student_feats, mask
 
     def forward(self, student_out, teacher_out, batch) -> dict[str, torch.Tensor]:
+        if self.space == "logit_lens":
+            return self._causal_forward(student_out, teacher_out, batch["labels"])
         terms = kd_terms(
             student_out.logits, teacher_out.logits, batch["labels"],
             self.alpha, self.temperature, self.is_regression,
@@ -192,6 +218,24 @@ class FDDLoss(DistillationLoss):
         total = terms["loss"] + self.alpha_traj * traj
         if len(self.layer_pairs) > 1:
             delta = delta_term(teacher_feats, student_feats, mask)
+            terms["delta"] = delta
+            total = total + self.beta_delta * delta
+        terms["loss"] = total
+        return terms
+
+    def _causal_forward(self, student_out, teacher_out, labels) -> dict[str, torch.Tensor]:
+        terms = causal_kd_terms(
+            student_out.logits, teacher_out.logits, labels, self.alpha, self.temperature,
+            self.divergence, self.skew, self.chunk_size,
+        )
+        student_lens, teacher_lens = self._lenses
+        traj, delta = logit_lens_terms(
+            student_lens, teacher_lens, self.layer_pairs, student_out.hidden_states,
+            teacher_out.hidden_states, labels, self.chunk_size,
+        )
+        terms["traj"] = traj
+        total = terms["loss"] + self.alpha_traj * traj
+        if len(self.layer_pairs) > 1:
             terms["delta"] = delta
             total = total + self.beta_delta * delta
         terms["loss"] = total

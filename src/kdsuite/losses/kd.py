@@ -1,12 +1,21 @@
-"""`kd`: vanilla knowledge distillation on the logits (Hinton, Vinyals and Dean, 2015)."""
+"""`kd`: vanilla knowledge distillation on the logits (Hinton, Vinyals and Dean, 2015).
+
+Causal LMs: the soft term is per response token over the vocabulary, `divergence` chooses it
+(`forward_kl` Hinton's, `reverse_kl` MiniLLM's direction, `skew_kl` DistiLLM's
+`KL(p || a*p + (1-a)*q)` with `a = skew`), computed in fp32 in chunks of `chunk_size` tokens
+(`losses/tokens.py`). The spec runs it at `T = 1`: the causal presets set `loss.temperature=1`.
+The CE side is the response-token SFT loss; both are means over response tokens.
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kdsuite.losses.base import DistillationLoss, LossContext, check_temperature, check_weight
-from kdsuite.losses.ce import task_loss
+from kdsuite.losses.base import (
+    DistillationLoss, LossContext, check_choice, check_temperature, check_weight, task_loss,
+)
+from kdsuite.losses.tokens import DIVERGENCES, causal_kd, response_token_ce
 
 
 def soft_label_kl(
@@ -44,19 +53,65 @@ def kd_terms(
     return {"ce": ce, "kd": kd, "loss": (1.0 - alpha) * ce + alpha * kd}
 
 
+def causal_kd_terms(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float,
+    temperature: float,
+    divergence: str = "forward_kl",
+    skew: float = 0.1,
+    chunk_size: int = 256,
+) -> dict[str, torch.Tensor]:
+    """`L = (1 - alpha) * CE_response + alpha * T^2 * mean_tokens D(p_T, p_S)` for causal LMs."""
+    ce = response_token_ce(student_logits, labels)
+    kd = causal_kd(student_logits, teacher_logits, labels, divergence, temperature, skew, chunk_size)
+    return {"ce": ce, "kd": kd, "loss": (1.0 - alpha) * ce + alpha * kd}
+
+
+def check_divergence(divergence: str, skew: float) -> None:
+    check_choice("divergence", divergence, DIVERGENCES)
+    if not 0.0 < skew < 1.0:
+        raise ValueError(f"loss.skew={skew} must lie in (0, 1)")
+
+
 class KDLoss(DistillationLoss):
-    """Hinton KD. Defaults `alpha = 0.5`, `T = 2` (CoDIR's GLUE script); see `kd_terms`."""
+    """Hinton KD. Defaults `alpha = 0.5`, `T = 2` (CoDIR's GLUE script); see `kd_terms`.
+
+    `divergence`, `skew` and `chunk_size` apply to causal LMs (see the module docstring); on
+    classifiers only `forward_kl` (Hinton's) is defined and anything else is refused.
+    """
 
     name = "kd"
 
-    def __init__(self, context: LossContext, alpha: float = 0.5, temperature: float = 2.0):
+    def __init__(
+        self,
+        context: LossContext,
+        alpha: float = 0.5,
+        temperature: float = 2.0,
+        divergence: str = "forward_kl",
+        skew: float = 0.1,
+        chunk_size: int = 256,
+    ):
         super().__init__(context)
         check_weight("alpha", alpha)
         check_temperature(temperature)
+        check_divergence(divergence, skew)
+        if divergence != "forward_kl" and not self.is_causal_lm:
+            raise ValueError(
+                f"loss.divergence={divergence!r} is defined for causal LMs; task "
+                f"{context.task.name!r} trains classifiers, which use forward_kl"
+            )
         self.alpha = alpha
         self.temperature = temperature
+        self.divergence, self.skew, self.chunk_size = divergence, skew, chunk_size
 
     def forward(self, student_out, teacher_out, batch) -> dict[str, torch.Tensor]:
+        if self.is_causal_lm:
+            return causal_kd_terms(
+                student_out.logits, teacher_out.logits, batch["labels"], self.alpha, self.temperature,
+                self.divergence, self.skew, self.chunk_size,
+            )
         return kd_terms(
             student_out.logits,
             teacher_out.logits,

@@ -1,0 +1,119 @@
+"""Response-token arithmetic for causal LMs: which positions count, token cross-entropy, the KD
+divergences over the vocabulary, and chunked sums that keep memory bounded.
+
+Positions. Logits (and hidden states) at position i predict token i + 1, so position i counts
+when `labels[i + 1]` is a response token (not -100). Every causal term is a mean over the counted
+positions of the micro-batch (a token mean, as SFT losses are), which is also what the Trainer's
+`num_items_in_batch` counts under gradient accumulation.
+
+Memory. A vocabulary can hold 150k entries; K paired layers x N tokens x V in fp32 does not fit.
+`chunked_sum` evaluates a per-token function on chunks of tokens under activation checkpointing:
+the forward keeps only each chunk's inputs and its scalar result, the backward recomputes one
+chunk at a time, so peak memory grows with `chunk_size x V`, not with `N x V`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+IGNORE_INDEX = -100
+DIVERGENCES = ("forward_kl", "reverse_kl", "skew_kl")
+
+
+def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 -> fp32 (vocabulary-wide softmaxes need it); fp32/fp64 stay as they are."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
+def response_positions(labels: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool: positions whose next token is a response token."""
+    positions = torch.zeros_like(labels, dtype=torch.bool)
+    positions[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return positions
+
+
+def next_token_targets(labels: torch.Tensor) -> torch.Tensor:
+    """(N,) the response tokens, in the order `response_positions` selects their predictors."""
+    return labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+
+
+def response_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """SFT loss: cross-entropy of the response tokens, mean over them (fp32)."""
+    positions = response_positions(labels)
+    if not positions.any():
+        return logits.sum() * 0.0  # a batch without response tokens contributes nothing
+    return F.cross_entropy(at_least_fp32(logits[positions]), next_token_targets(labels))
+
+
+def token_divergence(
+    teacher_log_probs: torch.Tensor, student_log_probs: torch.Tensor, divergence: str, skew: float = 0.1
+) -> torch.Tensor:
+    """Per-token divergence between teacher p and student q, summed over the vocabulary: (N, V) -> (N,).
+
+    forward_kl: KL(p || q); reverse_kl: KL(q || p); skew_kl (DistiLLM): KL(p || skew*p + (1-skew)*q).
+    """
+    p_log, q_log = teacher_log_probs, student_log_probs
+    if divergence == "forward_kl":
+        return (p_log.exp() * (p_log - q_log)).sum(-1)
+    if divergence == "reverse_kl":
+        return (q_log.exp() * (q_log - p_log)).sum(-1)
+    if divergence == "skew_kl":
+        mixture_log = torch.logaddexp(p_log + math.log(skew), q_log + math.log1p(-skew))
+        return (p_log.exp() * (p_log - mixture_log)).sum(-1)
+    raise ValueError(f"loss.divergence={divergence!r} is not one of {list(DIVERGENCES)}")
+
+
+def chunked_sum(
+    function: Callable[..., torch.Tensor], tensors: tuple[torch.Tensor, ...], chunk_size: int
+) -> torch.Tensor:
+    """`sum over chunks of function(*chunk)` where chunks split every tensor along dim 0.
+
+    `function` returns a tensor of sums (any fixed shape). Under autograd each chunk is
+    checkpointed, so only one chunk's intermediates (e.g. its N_c x V log-probabilities) are
+    alive at a time, in the forward and in the backward.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"loss.chunk_size={chunk_size} must be >= 1")
+    total = None
+    for start in range(0, tensors[0].shape[0], chunk_size):
+        chunk = tuple(tensor[start:start + chunk_size] for tensor in tensors)
+        if torch.is_grad_enabled() and any(tensor.requires_grad for tensor in chunk):
+            value = checkpoint(function, *chunk, use_reentrant=False)
+        else:
+            value = function(*chunk)
+        total = value if total is None else total + value
+    return total
+
+
+def causal_kd(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    labels: torch.Tensor,
+    divergence: str,
+    temperature: float,
+    skew: float,
+    chunk_size: int,
+) -> torch.Tensor:
+    """`T^2 * mean over response tokens of D(softmax(z_T/T), softmax(z_S/T))`, in fp32 chunks."""
+    positions = response_positions(labels)
+    count = int(positions.sum())
+    if count == 0:
+        return student_logits.sum() * 0.0
+    if student_logits.shape[-1] != teacher_logits.shape[-1]:
+        raise ValueError(
+            f"student predicts {student_logits.shape[-1]} tokens, the teacher {teacher_logits.shape[-1]}: "
+            f"token-level KD needs one shared vocabulary"
+        )
+
+    def per_chunk(student_chunk: torch.Tensor, teacher_chunk: torch.Tensor) -> torch.Tensor:
+        student_log = F.log_softmax(at_least_fp32(student_chunk) / temperature, dim=-1)  # (N_c, V)
+        teacher_log = F.log_softmax(at_least_fp32(teacher_chunk) / temperature, dim=-1)  # (N_c, V)
+        return token_divergence(teacher_log, student_log, divergence, skew).sum()
+
+    total = chunked_sum(per_chunk, (student_logits[positions], teacher_logits[positions].detach()), chunk_size)
+    return temperature**2 * total / count
