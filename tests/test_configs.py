@@ -34,12 +34,13 @@ def test_every_option_composes(make_config, group, option):
         get_task(cfg.dataset.name)
     if group == "student":
         assert cfg.student.name == option and cfg.student.num_layers >= 2
+        assert cfg.student.lora.r == 0  # LoRA is opt-in
 
 
 def test_all_groups_are_covered():
     assert {group for group, _ in OPTIONS} == set(GROUPS)
     assert {"ce", "kd"} <= {option for group, option in OPTIONS if group == "loss"}
-    assert {"sst2", "mrpc", "rte", "cola", "stsb", "qnli"} == {
+    assert {"sst2", "mrpc", "rte", "cola", "stsb", "qnli", "dolly"} == {
         option for group, option in OPTIONS if group == "dataset"
     }
 
@@ -63,3 +64,15 @@ def test_sweep_presets_compose_and_select_their_loss(make_config, preset, loss):
     assert fixed == [] and set(space) == set(params)
     for key in params:  # every searched key exists in the loss config
         assert key.split(".", 1)[1] in cfg.loss
+
+
+def test_fdd_gpt2_preset_is_the_papers_gpt2_setting(make_config):
+    cfg = make_config("experiment=fdd_gpt2")
+    assert (cfg.teacher.name_or_path, cfg.student.pretrained, cfg.dataset.name) == ("gpt2-xl", "gpt2", "dolly")
+    assert cfg.dataset.split_sizes == {"validation": 500, "test": 500, "train": 14000}
+    assert cfg.dataset.generation.n_seeds == 5 and cfg.dataset.generation.temperature == 1.0
+    assert cfg.trainer.learning_rate == 5e-4 and cfg.trainer.lr_scheduler_type == "constant"
+    pairs = instantiate(cfg.mapping)(12, 48)  # GPT-2 -> GPT-2 XL, L_D = 4
+    assert pairs == [(2, 9), (4, 18), (6, 27), (8, 36)]
+    loss = instantiate(cfg.loss)(context=LossContext(get_task("dolly"), pairs, 768, 1600, torch.empty(0)))
+    assert loss.space == "logit_lens" and loss.temperature == 1.0

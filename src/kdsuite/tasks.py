@@ -1,8 +1,10 @@
-"""GLUE task definitions: where each task's data lives and how it is scored.
+"""Task definitions: where each task's data lives and how it is scored.
 
-One `TaskSpec` per task is the single source of truth used by data loading (which TSV columns
+One `TaskSpec` per GLUE task is the single source of truth used by data loading (which TSV columns
 hold the text and the label), model building (number of labels, regression or not) and
-evaluation (which metrics, and which one is the run's objective).
+evaluation (which metrics, and which one is the run's objective). Instruction-following tasks of
+the causal-LM track are `CausalTaskSpec`s: a language-modelling head, response-token losses and
+ROUGE-L on sampled responses.
 """
 
 from __future__ import annotations
@@ -32,9 +34,27 @@ class TaskSpec:
     label_names: tuple[str, ...] = field(default=())
     hub_text_fields: tuple[str, ...] = ("sentence1", "sentence2")
 
+    is_causal_lm = False
+
     @property
     def is_regression(self) -> bool:
         return self.num_labels == 1
+
+
+@dataclass(frozen=True)
+class CausalTaskSpec:
+    """An instruction-following task for decoder LMs (the FDD paper's setting).
+
+    Training is next-token prediction on the response tokens; the run's objective is ROUGE-L of
+    sampled responses against the references (`kdsuite.generation`).
+    """
+
+    name: str
+    hub_dataset: str  # used when `dataset.path` is null
+    metrics: tuple[str, ...] = ("rougeL",)
+    main_metric: str = "rougeL"
+    is_causal_lm = True
+    is_regression = False
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -76,11 +96,18 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def get_task(name: str) -> TaskSpec:
+CAUSAL_TASKS: dict[str, CausalTaskSpec] = {
+    "dolly": CausalTaskSpec(name="dolly", hub_dataset="databricks/databricks-dolly-15k"),
+}
+
+
+def get_task(name: str) -> TaskSpec | CausalTaskSpec:
     """Return the spec of task `name`, or fail naming the tasks that exist."""
+    if name in CAUSAL_TASKS:
+        return CAUSAL_TASKS[name]
     try:
         return TASKS[name]
     except KeyError:
         raise ValueError(
-            f"unknown task {name!r}: dataset.name must be one of {sorted(TASKS)}"
+            f"unknown task {name!r}: dataset.name must be one of {sorted(TASKS) + sorted(CAUSAL_TASKS)}"
         ) from None

@@ -14,7 +14,10 @@ from pathlib import Path
 
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoModelForSequenceClassification, PreTrainedModel
+from transformers import PreTrainedModel
+
+from kdsuite.models import auto_model_class
+from kdsuite.tasks import get_task
 
 CACHE_FORMAT = 1  # bump when what is cached, or how, changes
 META_FILE = "kdsuite_teacher.json"
@@ -40,6 +43,14 @@ def cache_key(cfg: DictConfig) -> dict:
     """Everything that changes the fine-tuned teacher: the teacher config (with `finetune`) and
     the data it is trained and scored on."""
     dataset = cfg.dataset
+    if get_task(dataset.name).is_causal_lm:
+        described = OmegaConf.to_container(dataset, resolve=True)
+        described.pop("generation", None)  # how students are scored does not change the teacher
+        described.pop("max_eval_samples", None)
+        if described.get("path"):
+            described["path"] = str(Path(described["path"]).expanduser().resolve())
+        return {"format": CACHE_FORMAT, "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
+                "dataset": described}
     data_dir = dataset.data_dir
     return {
         "format": CACHE_FORMAT,
@@ -61,12 +72,12 @@ def teacher_dir(cfg: DictConfig) -> Path:
     return root / "teachers" / f"{cfg.teacher.name}-{cfg.dataset.name}-{digest[:16]}"
 
 
-def load_cached(path: Path) -> FineTunedTeacher | None:
+def load_cached(path: Path, model_class) -> FineTunedTeacher | None:
     meta_path = path / META_FILE
     if not meta_path.is_file():
         return None
     meta = json.loads(meta_path.read_text())
-    model = AutoModelForSequenceClassification.from_pretrained(path)
+    model = model_class.from_pretrained(path)
     return FineTunedTeacher(model, path, meta["metrics"], meta.get("run_id"), from_cache=True)
 
 
@@ -76,7 +87,7 @@ def get_or_finetune(cfg: DictConfig, finetune) -> FineTunedTeacher:
     path = teacher_dir(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        cached = load_cached(path)
+        cached = load_cached(path, auto_model_class(get_task(cfg.dataset.name)))
         if cached is not None:
             return cached
         staging = path.with_name(path.name + ".partial")

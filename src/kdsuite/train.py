@@ -18,31 +18,47 @@ import mlflow
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig, DataCollatorWithPadding, PreTrainedModel, set_seed
+from transformers import (
+    AutoConfig, DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedModel, set_seed,
+)
 
-from kdsuite import data, models, teacher as teacher_cache, tracking
+from kdsuite import data, instructions, models, teacher as teacher_cache, tracking
+from kdsuite.generation import GenerationSet, evaluate_generation
 from kdsuite.losses.base import DistillationLoss, LossContext
+from kdsuite.losses.tokens import IGNORE_INDEX
 from kdsuite.losses.ce import CELoss
 from kdsuite.mapping import LayerPairs, validate_pairs
 from kdsuite.metrics import glue_metrics
 from kdsuite.pruning import pruning_callbacks
-from kdsuite.tasks import TaskSpec, get_task
+from kdsuite.tasks import CausalTaskSpec, TaskSpec, get_task
 from kdsuite.trainer import DistillationTrainer, attach_loss, training_arguments
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
+class TaskData:
+    """A task's tokenised data and how batches are formed and scored."""
+
+    train_set: object
+    eval_set: object
+    train_labels: torch.Tensor  # per training example (empty on the causal-LM track)
+    collator: object
+    compute_metrics: object | None  # None: the Trainer reports the task loss only
+    generation: GenerationSet | None = None  # prompts scored by sampling (causal-LM track)
+    generation_settings: DictConfig | None = None
+
+
+@dataclass
 class RunPlan:
     """A checked run: everything built from the config before any training."""
 
-    task: TaskSpec
+    task: TaskSpec | CausalTaskSpec
     tokenizer: object
     teacher_config: object
     layer_pairs: LayerPairs
     loss: DistillationLoss
-    train_set: object
-    eval_set: object
+    data: TaskData
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -63,41 +79,90 @@ def student_architecture(cfg: DictConfig, teacher_config) -> object:
     return models.student_config(cfg.student, teacher_config)
 
 
+def glue_data(cfg: DictConfig, task: TaskSpec, tokenizer) -> TaskData:
+    train_split = data.load_split(task, "train", cfg.dataset.data_dir)
+    eval_split = data.load_split(task, "validation", cfg.dataset.data_dir)
+    train_rows = data.subset_indices(len(train_split), cfg.dataset.max_train_samples)
+    label_dtype = torch.float32 if task.is_regression else torch.long
+    length = cfg.dataset.max_seq_length
+    return TaskData(
+        train_set=data.tokenize_split(train_split, tokenizer, length, cfg.dataset.max_train_samples),
+        eval_set=data.tokenize_split(eval_split, tokenizer, length, cfg.dataset.max_eval_samples),
+        train_labels=torch.tensor([train_split.labels[i] for i in train_rows], dtype=label_dtype),
+        collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=lambda prediction: glue_metrics(task, prediction.predictions, prediction.label_ids),
+    )
+
+
+def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer) -> TaskData:
+    """Dolly-format data: response-token labels for training and validation loss, and the prompts
+    of `dataset.generation.split` for ROUGE-L."""
+    settings = cfg.dataset
+    splits = instructions.load_splits(settings, task.hub_dataset)
+    lengths = (settings.max_seq_length, settings.max_prompt_length)
+    scored = splits[settings.generation.split][: settings.generation.max_examples]
+    return TaskData(
+        train_set=instructions.tokenize_examples(splits["train"], tokenizer, settings.template, *lengths,
+                                                 settings.max_train_samples),
+        eval_set=instructions.tokenize_examples(splits["validation"], tokenizer, settings.template, *lengths,
+                                                settings.max_eval_samples),
+        train_labels=torch.empty(0),
+        collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
+        compute_metrics=None,
+        generation=GenerationSet(
+            prompts=[instructions.prompt_ids(e, tokenizer, settings.template, settings.max_prompt_length)
+                     for e in scored],
+            references=[e.response for e in scored],
+            instructions=[e.instruction for e in scored],
+        ),
+        generation_settings=settings.generation,
+    )
+
+
+def check_data(cfg: DictConfig, task) -> None:
+    if task.is_causal_lm:
+        instructions.check_data_available(cfg.dataset)
+        if cfg.dataset.generation.split not in ("validation", "test"):
+            raise ValueError(
+                f"dataset.generation.split={cfg.dataset.generation.split!r} is not one of ['validation', 'test']"
+            )
+    else:
+        data.check_data_available(task, cfg.dataset.data_dir)
+
+
+def load_tokenizer(cfg: DictConfig, task, teacher_config) -> object:
+    """The teacher's tokenizer; on the causal-LM track also checked against the model and the student."""
+    tokenizer = models.load_tokenizer(cfg.teacher)
+    if task.is_causal_lm:
+        instructions.prepare_tokenizer(tokenizer)
+        models.check_vocabulary(teacher_config, tokenizer, f"teacher {cfg.teacher.name!r}")
+        if cfg.student.get("pretrained"):
+            models.check_same_tokenizer(tokenizer, cfg.student.pretrained)
+    return tokenizer
+
+
 def plan_run(cfg: DictConfig) -> RunPlan:
     """Check the config and build data, mapping and loss; raises before any long work."""
     task = get_task(cfg.dataset.name)
-    data.check_data_available(task, cfg.dataset.data_dir)
+    check_data(cfg, task)
     teacher_config = models.teacher_config(cfg.teacher, task)
+    tokenizer = load_tokenizer(cfg, task, teacher_config)
     student_config = student_architecture(cfg, teacher_config)
     student_layers, teacher_layers = student_config.num_hidden_layers, teacher_config.num_hidden_layers
     layer_pairs = instantiate(cfg.mapping)(student_layers, teacher_layers)
     validate_pairs(layer_pairs, student_layers, teacher_layers)
 
-    train_split = data.load_split(task, "train", cfg.dataset.data_dir)
-    eval_split = data.load_split(task, "validation", cfg.dataset.data_dir)
-    train_rows = data.subset_indices(len(train_split), cfg.dataset.max_train_samples)
-    label_dtype = torch.float32 if task.is_regression else torch.long
+    task_data = instruction_data(cfg, task, tokenizer) if task.is_causal_lm else glue_data(cfg, task, tokenizer)
     context = LossContext(
         task=task,
         layer_pairs=layer_pairs,
         student_hidden_size=student_config.hidden_size,
         teacher_hidden_size=teacher_config.hidden_size,
-        train_labels=torch.tensor([train_split.labels[i] for i in train_rows], dtype=label_dtype),
+        train_labels=task_data.train_labels,
     )
     loss = instantiate(cfg.loss)(context=context)
     validate_pairs(layer_pairs, student_layers, teacher_layers, loss.needs_increasing_pairs)
-
-    tokenizer = models.load_tokenizer(cfg.teacher)
-    length = cfg.dataset.max_seq_length
-    return RunPlan(
-        task=task,
-        tokenizer=tokenizer,
-        teacher_config=teacher_config,
-        layer_pairs=layer_pairs,
-        loss=loss,
-        train_set=data.tokenize_split(train_split, tokenizer, length, cfg.dataset.max_train_samples),
-        eval_set=data.tokenize_split(eval_split, tokenizer, length, cfg.dataset.max_eval_samples),
-    )
+    return RunPlan(task, tokenizer, teacher_config, layer_pairs, loss, task_data)
 
 
 def fit(
@@ -114,27 +179,33 @@ def fit(
 
     The loss module becomes a submodule of the model, so its learned parts are optimised and
     saved with it. Returns the final dev metrics: the task's GLUE metrics and the task `loss`
-    (the Trainer logs them as `final/<name>`).
+    (the Trainer logs them as `final/<name>`); on the causal-LM track, the validation loss and
+    ROUGE-L of sampled responses (`final/rougeL`, per seed too, and `generations.json`).
     """
     attach_loss(model, loss, teacher)
     args = training_arguments(OmegaConf.to_container(settings, resolve=True), str(out_dir), seed)
     trainer = DistillationTrainer(
         model=model,
         args=args,
-        train_dataset=plan.train_set,
-        eval_dataset=plan.eval_set,
+        train_dataset=plan.data.train_set,
+        eval_dataset=plan.data.eval_set,
         processing_class=plan.tokenizer,
-        data_collator=DataCollatorWithPadding(plan.tokenizer),
-        compute_metrics=lambda prediction: glue_metrics(
-            plan.task, prediction.predictions, prediction.label_ids
-        ),
+        data_collator=plan.data.collator,
+        compute_metrics=plan.data.compute_metrics,
         callbacks=[tracking.MlflowMetricsCallback(), *(callbacks or [])],
         distillation_loss=loss,
         teacher=teacher,
     )
     trainer.train()
     final = trainer.evaluate(metric_key_prefix="final")
-    return {name: final[f"final_{name}"] for name in (*plan.task.metrics, "loss")}
+    metrics = {name: final[f"final_{name}"] for name in (*plan.task.metrics, "loss") if f"final_{name}" in final}
+    if plan.data.generation is not None:
+        scores, samples = evaluate_generation(model, plan.tokenizer, plan.data.generation,
+                                              plan.data.generation_settings)
+        mlflow.log_metrics({f"final/{name}": value for name, value in scores.items()})
+        mlflow.log_dict(samples, "generations.json")
+        metrics.update(scores)
+    return metrics
 
 
 def log_final(task: TaskSpec, metrics: dict[str, float]) -> float:
@@ -198,7 +269,10 @@ def train(cfg: DictConfig) -> float:
             plan.layer_pairs,
             plan.task,
         )
-        mlflow.log_param("student_parameters", models.count_parameters(student))
+        mlflow.log_params({
+            "student_parameters": models.count_parameters(student),
+            "student_trainable_parameters": models.count_parameters(student, trainable_only=True),
+        })
         teacher_model = teacher.model if plan.loss.needs_teacher else None
         metrics = fit(
             student, plan.loss, teacher_model, plan, cfg.trainer, cfg.seed, out_dir / "trainer",

@@ -14,7 +14,6 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from kdsuite.losses.base import DistillationLoss
-from kdsuite.losses.ce import task_loss
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -105,19 +104,22 @@ class DistillationTrainer(Trainer):
         """
         if num_items_in_batch is None:
             return loss / self.current_gradient_accumulation_steps
+        if labels.dim() > 1:  # causal LM: the Trainer counts shifted response tokens
+            labels = labels[:, 1:]
         share = labels.ne(-100).sum() / num_items_in_batch
         if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             share = share * self.accelerator.num_processes  # DDP averages gradients over ranks
         return loss * share
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluation is of the student alone: its task loss and its logits."""
+        """Evaluation is of the student alone: its task loss and its logits (the loss only for
+        causal LMs, whose sampled responses are scored separately)."""
         inputs = self._prepare_inputs(inputs)
         labels = inputs["labels"]
         with torch.no_grad(), self.compute_loss_context_manager():
             logits = model(**model_inputs(inputs)).logits
-            loss = task_loss(logits, labels, self.distillation_loss.is_regression)
-        if prediction_loss_only:
+            loss = self.distillation_loss.task_loss(logits, labels)
+        if prediction_loss_only or self.distillation_loss.is_causal_lm:
             return loss.detach(), None, None
         return loss.detach(), logits.detach().float(), labels
 
