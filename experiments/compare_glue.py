@@ -7,7 +7,9 @@ Grid: tasks x students x losses x seeds, MiniLM teacher fine-tuned once per task
 students initialised from the teacher via the mapping, default loss weights. It resumes: a
 combination that already has a FINISHED run in the MLflow experiment is not run again. Each
 finished run is appended to the CSV record (committed), so the table survives without the
-MLflow database. SST-2 uses a fixed seeded train subset (`--sst2-train-samples`).
+MLflow database. SST-2 uses a fixed seeded train subset (`--sst2-train-samples`). Several workers
+may share one grid (e.g. two single-thread processes on two cores, `--tasks` in different
+orders): before each run a worker skips points another has finished or is running.
 
 The FDD ablation (KD alone, +traj, +delta, both) runs on the same grid as variants, each tagged
 `variant` so the table tells them apart; `kd` and `fdd` are shared with the main comparison:
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -53,6 +56,26 @@ def finished_runs(client: mlflow.MlflowClient, experiment: str):
         [found.experiment_id], filter_string="tags.role = 'student' and attributes.status = 'FINISHED'",
         max_results=50000,
     )
+
+
+CLAIM_HOURS = 3  # a RUNNING run older than this is taken to be dead, and its point is run again
+
+
+def taken(client: mlflow.MlflowClient, experiment: str) -> set[tuple[str, str, str, int]]:
+    """Grid points finished, or running in another worker (several workers can share one grid)."""
+    points = {(r.dataset, r.student, r.loss, r.seed) for r in run_results(finished_runs(client, experiment))}
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return points
+    since = int((time.time() - CLAIM_HOURS * 3600) * 1000)
+    running = client.search_runs(
+        [found.experiment_id],
+        filter_string=f"tags.role = 'student' and attributes.status = 'RUNNING' and attributes.start_time > {since}",
+    )
+    for run in running:
+        tags = run.data.tags
+        points.add((tags["dataset"], tags["student"], tags.get("variant") or tags["loss"], int(tags["seed"])))
+    return points
 
 
 def teacher_metrics(runs) -> dict[str, float]:
@@ -112,6 +135,8 @@ def main() -> None:
     todo = [] if args.table_only else pending(grid, run_results(finished_runs(client, args.experiment)))
     print(f"{len(grid) - len(todo)} of {len(grid)} runs already finished; {len(todo)} to run")
     for task, student, loss, seed in todo:
+        if (task, student, loss, seed) in taken(client, args.experiment):
+            continue  # another worker finished it or is running it
         overrides = [f"dataset={task}", f"student={student}", *VARIANTS[loss], f"seed={seed}",
                      f"+tracking.tags.variant={loss}", f"tracking.uri={args.tracking_uri}",
                      f"tracking.experiment={args.experiment}", *args.override]
