@@ -2,7 +2,6 @@
 steps and distilled into a bert2l student built from its blocks."""
 
 import mlflow
-import torch
 from safetensors.torch import load_file
 
 from kdsuite.models import resolve_location

@@ -18,35 +18,18 @@ import mlflow
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from transformers import (
-    AutoConfig, DataCollatorForSeq2Seq, DataCollatorWithPadding, PreTrainedModel, set_seed,
-)
+from transformers import AutoConfig, PreTrainedModel, set_seed
 
-from kdsuite import data, instructions, models, teacher as teacher_cache, tracking
-from kdsuite.generation import GenerationSet, evaluate_generation
+from kdsuite import instructions, models, task_data, teacher as teacher_cache, tracking
+from kdsuite.generation import evaluate_generation
 from kdsuite.losses.base import DistillationLoss, LossContext
-from kdsuite.losses.tokens import IGNORE_INDEX
 from kdsuite.losses.ce import CELoss
 from kdsuite.mapping import LayerPairs, validate_pairs
-from kdsuite.metrics import glue_metrics
 from kdsuite.pruning import pruning_callbacks
 from kdsuite.tasks import CausalTaskSpec, TaskSpec, get_task
 from kdsuite.trainer import DistillationTrainer, attach_loss, training_arguments
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TaskData:
-    """A task's tokenised data and how batches are formed and scored."""
-
-    train_set: object
-    eval_set: object
-    train_labels: torch.Tensor  # per training example (empty on the causal-LM track)
-    collator: object
-    compute_metrics: object | None  # None: the Trainer reports the task loss only
-    generation: GenerationSet | None = None  # prompts scored by sampling (causal-LM track)
-    generation_settings: DictConfig | None = None
 
 
 @dataclass
@@ -58,7 +41,7 @@ class RunPlan:
     teacher_config: object
     layer_pairs: LayerPairs
     loss: DistillationLoss
-    data: TaskData
+    data: task_data.TaskData
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -79,57 +62,6 @@ def student_architecture(cfg: DictConfig, teacher_config) -> object:
     return models.student_config(cfg.student, teacher_config)
 
 
-def glue_data(cfg: DictConfig, task: TaskSpec, tokenizer) -> TaskData:
-    train_split = data.load_split(task, "train", cfg.dataset.data_dir)
-    eval_split = data.load_split(task, "validation", cfg.dataset.data_dir)
-    train_rows = data.subset_indices(len(train_split), cfg.dataset.max_train_samples)
-    label_dtype = torch.float32 if task.is_regression else torch.long
-    length = cfg.dataset.max_seq_length
-    return TaskData(
-        train_set=data.tokenize_split(train_split, tokenizer, length, cfg.dataset.max_train_samples),
-        eval_set=data.tokenize_split(eval_split, tokenizer, length, cfg.dataset.max_eval_samples),
-        train_labels=torch.tensor([train_split.labels[i] for i in train_rows], dtype=label_dtype),
-        collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=lambda prediction: glue_metrics(task, prediction.predictions, prediction.label_ids),
-    )
-
-
-def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer) -> TaskData:
-    """Dolly-format data: response-token labels for training and validation loss, and the prompts
-    of `dataset.generation.split` for ROUGE-L."""
-    settings = cfg.dataset
-    splits = instructions.load_splits(settings, task.hub_dataset)
-    lengths = (settings.max_seq_length, settings.max_prompt_length)
-    scored = splits[settings.generation.split][: settings.generation.max_examples]
-    return TaskData(
-        train_set=instructions.tokenize_examples(splits["train"], tokenizer, settings.template, *lengths,
-                                                 settings.max_train_samples),
-        eval_set=instructions.tokenize_examples(splits["validation"], tokenizer, settings.template, *lengths,
-                                                settings.max_eval_samples),
-        train_labels=torch.empty(0),
-        collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
-        compute_metrics=None,
-        generation=GenerationSet(
-            prompts=[instructions.prompt_ids(e, tokenizer, settings.template, settings.max_prompt_length)
-                     for e in scored],
-            references=[e.response for e in scored],
-            instructions=[e.instruction for e in scored],
-        ),
-        generation_settings=settings.generation,
-    )
-
-
-def check_data(cfg: DictConfig, task) -> None:
-    if task.is_causal_lm:
-        instructions.check_data_available(cfg.dataset)
-        if cfg.dataset.generation.split not in ("validation", "test"):
-            raise ValueError(
-                f"dataset.generation.split={cfg.dataset.generation.split!r} is not one of ['validation', 'test']"
-            )
-    else:
-        data.check_data_available(task, cfg.dataset.data_dir)
-
-
 def load_tokenizer(cfg: DictConfig, task, teacher_config) -> object:
     """The teacher's tokenizer; on the causal-LM track also checked against the model and the student."""
     tokenizer = models.load_tokenizer(cfg.teacher)
@@ -144,7 +76,7 @@ def load_tokenizer(cfg: DictConfig, task, teacher_config) -> object:
 def plan_run(cfg: DictConfig) -> RunPlan:
     """Check the config and build data, mapping and loss; raises before any long work."""
     task = get_task(cfg.dataset.name)
-    check_data(cfg, task)
+    task_data.check_data(cfg, task)
     teacher_config = models.teacher_config(cfg.teacher, task)
     tokenizer = load_tokenizer(cfg, task, teacher_config)
     student_config = student_architecture(cfg, teacher_config)
@@ -152,17 +84,17 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     layer_pairs = instantiate(cfg.mapping)(student_layers, teacher_layers)
     validate_pairs(layer_pairs, student_layers, teacher_layers)
 
-    task_data = instruction_data(cfg, task, tokenizer) if task.is_causal_lm else glue_data(cfg, task, tokenizer)
+    run_data = task_data.task_data(cfg, task, tokenizer)
     context = LossContext(
         task=task,
         layer_pairs=layer_pairs,
         student_hidden_size=student_config.hidden_size,
         teacher_hidden_size=teacher_config.hidden_size,
-        train_labels=task_data.train_labels,
+        train_labels=run_data.train_labels,
     )
     loss = instantiate(cfg.loss)(context=context)
     validate_pairs(layer_pairs, student_layers, teacher_layers, loss.needs_increasing_pairs)
-    return RunPlan(task, tokenizer, teacher_config, layer_pairs, loss, task_data)
+    return RunPlan(task, tokenizer, teacher_config, layer_pairs, loss, run_data)
 
 
 def fit(

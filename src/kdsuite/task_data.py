@@ -1,0 +1,89 @@
+"""A run's data, by track: tokenised train/validation sets, the collator that pads them per batch,
+how they are scored, and (causal-LM track) the prompts whose sampled responses are scored.
+
+GLUE tasks come from `data.py` (TSV or hub) and are scored with GLUE's metrics; instruction data
+comes from `instructions.py` (JSONL or hub) and is scored by ROUGE-L of sampled responses
+(`generation.py`), with the validation loss reported during training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from omegaconf import DictConfig
+from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+from kdsuite import data, instructions
+from kdsuite.generation import GenerationSet
+from kdsuite.losses.tokens import IGNORE_INDEX
+from kdsuite.metrics import glue_metrics
+from kdsuite.tasks import CausalTaskSpec, TaskSpec
+
+
+@dataclass
+class TaskData:
+    """A task's tokenised data and how batches are formed and scored."""
+
+    train_set: object
+    eval_set: object
+    train_labels: torch.Tensor  # per training example (empty on the causal-LM track)
+    collator: object
+    compute_metrics: object | None  # None: the Trainer reports the task loss only
+    generation: GenerationSet | None = None  # prompts scored by sampling (causal-LM track)
+    generation_settings: DictConfig | None = None
+
+
+def glue_data(cfg: DictConfig, task: TaskSpec, tokenizer) -> TaskData:
+    train_split = data.load_split(task, "train", cfg.dataset.data_dir)
+    eval_split = data.load_split(task, "validation", cfg.dataset.data_dir)
+    train_rows = data.subset_indices(len(train_split), cfg.dataset.max_train_samples)
+    label_dtype = torch.float32 if task.is_regression else torch.long
+    length = cfg.dataset.max_seq_length
+    return TaskData(
+        train_set=data.tokenize_split(train_split, tokenizer, length, cfg.dataset.max_train_samples),
+        eval_set=data.tokenize_split(eval_split, tokenizer, length, cfg.dataset.max_eval_samples),
+        train_labels=torch.tensor([train_split.labels[i] for i in train_rows], dtype=label_dtype),
+        collator=DataCollatorWithPadding(tokenizer),
+        compute_metrics=lambda prediction: glue_metrics(task, prediction.predictions, prediction.label_ids),
+    )
+
+
+def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer) -> TaskData:
+    """Dolly-format data: response-token labels for training and validation loss, and the prompts
+    of `dataset.generation.split` for ROUGE-L."""
+    settings = cfg.dataset
+    splits = instructions.load_splits(settings, task.hub_dataset)
+    lengths = (settings.max_seq_length, settings.max_prompt_length)
+    scored = splits[settings.generation.split][: settings.generation.max_examples]
+    return TaskData(
+        train_set=instructions.tokenize_examples(splits["train"], tokenizer, settings.template, *lengths,
+                                                 settings.max_train_samples),
+        eval_set=instructions.tokenize_examples(splits["validation"], tokenizer, settings.template, *lengths,
+                                                settings.max_eval_samples),
+        train_labels=torch.empty(0),
+        collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
+        compute_metrics=None,
+        generation=GenerationSet(
+            prompts=[instructions.prompt_ids(e, tokenizer, settings.template, settings.max_prompt_length)
+                     for e in scored],
+            references=[e.response for e in scored],
+            instructions=[e.instruction for e in scored],
+        ),
+        generation_settings=settings.generation,
+    )
+
+
+def check_data(cfg: DictConfig, task) -> None:
+    if task.is_causal_lm:
+        instructions.check_data_available(cfg.dataset)
+        if cfg.dataset.generation.split not in ("validation", "test"):
+            raise ValueError(
+                f"dataset.generation.split={cfg.dataset.generation.split!r} is not one of ['validation', 'test']"
+            )
+    else:
+        data.check_data_available(task, cfg.dataset.data_dir)
+
+
+def task_data(cfg: DictConfig, task: TaskSpec | CausalTaskSpec, tokenizer) -> TaskData:
+    return instruction_data(cfg, task, tokenizer) if task.is_causal_lm else glue_data(cfg, task, tokenizer)
