@@ -56,6 +56,17 @@ def test_one_teacher_and_one_student_forward_per_step(tmp_path, train_set, loss_
     assert len(logged) == 3 and all("kd" in entry for entry in logged)
 
 
+def one_plain_step(out_dir, batch: int, accumulation: int):
+    """One optimiser step with nothing that depends on the batch split: constant lr, no warm-up,
+    no weight decay, no clipping."""
+    return training_arguments(
+        {"max_steps": 1, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
+         "eval_strategy": "no", "learning_rate": 1e-2, "warmup_steps": 0, "weight_decay": 0.0,
+         "max_grad_norm": 0.0, "lr_scheduler_type": "constant"},
+        str(out_dir), seed=0,
+    )
+
+
 def test_gradient_accumulation_matches_one_large_batch(tmp_path, train_set):
     """Two accumulated micro-batches of 4 give the same update as one batch of 8."""
     tokenizer, dataset = train_set
@@ -71,12 +82,7 @@ def test_gradient_accumulation_matches_one_large_batch(tmp_path, train_set):
                 if isinstance(layer, torch.nn.Dropout):
                     layer.p = 0.0
         loss = KDLoss(LossContext(get_task("rte"), [(1, 2), (2, 4)], 16, 16, labels))
-        args = training_arguments(
-            {"max_steps": 1, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
-             "eval_strategy": "no", "learning_rate": 1e-2, "warmup_steps": 0, "weight_decay": 0.0,
-             "max_grad_norm": 0.0, "lr_scheduler_type": "constant"},
-            str(tmp_path / f"ga{accumulation}"), seed=0,
-        )
+        args = one_plain_step(tmp_path / f"ga{accumulation}", batch, accumulation)
         trainer = DistillationTrainer(
             model=student, args=args, train_dataset=dataset, data_collator=DataCollatorWithPadding(tokenizer),
             distillation_loss=loss, teacher=teacher,
@@ -106,12 +112,7 @@ def test_causal_accumulation_weights_micro_batches_by_response_tokens(tmp_path):
             embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None))
         student, teacher = make(2), make(4)
         loss = KDLoss(LossContext(get_task("dolly"), [(1, 2), (2, 4)], 16, 16, torch.empty(0)), temperature=1.0)
-        args = training_arguments(
-            {"max_steps": 1, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
-             "eval_strategy": "no", "learning_rate": 1e-2, "warmup_steps": 0, "weight_decay": 0.0,
-             "max_grad_norm": 0.0, "lr_scheduler_type": "constant"},
-            str(tmp_path / f"causal{accumulation}"), seed=0,
-        )
+        args = one_plain_step(tmp_path / f"causal{accumulation}", batch, accumulation)
         trainer = DistillationTrainer(
             model=student, args=args, train_dataset=dataset,
             data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),

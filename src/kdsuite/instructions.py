@@ -23,7 +23,6 @@ from omegaconf import DictConfig
 from kdsuite.losses.tokens import IGNORE_INDEX
 
 FIELDS = ("instruction", "context", "response")
-SPLITS = ("train", "validation", "test")
 
 
 @dataclass(frozen=True)
