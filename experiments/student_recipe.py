@@ -1,0 +1,106 @@
+"""The student recipe check behind the GLUE comparison: dev score after each epoch per learning rate.
+
+    GLUE_DIR=../shared/data/glue python experiments/student_recipe.py --tasks stsb \
+        --losses ce kd --lrs 1e-4 3e-4 1e-3 --epochs 3 --seeds 1
+    python experiments/student_recipe.py ... --table-only     # rebuild the table from MLflow
+
+Each (task, loss, learning rate, seed) is one run of `--epochs` epochs with an evaluation after
+every epoch, so one run gives the dev score after 1, 2, ... epochs (of a schedule that decays over
+all of them, so "after epoch 1" is not the same as a 1-epoch run, which decays to zero there).
+Same teacher cache, student, mapping and loss defaults as `compare_glue.py`; MLflow experiment
+`recipe` by default. It resumes: a point with a FINISHED run (same task, loss, seed, learning
+rate and epochs) is not run again. Writes `experiments/results/recipe.md` (the reading above the
+table marker is kept).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+
+from kdsuite.results_table import cell_stats, write_results
+from kdsuite.tasks import get_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def finished(client: mlflow.MlflowClient, experiment: str) -> list:
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], "tags.role = 'student' and attributes.status = 'FINISHED'",
+                              max_results=50000)
+
+
+def point(run) -> tuple[str, str, str, float, int, int]:
+    tags, params = run.data.tags, run.data.params
+    return (tags["dataset"], tags["student"], tags["loss"], float(params["trainer.learning_rate"]),
+            int(float(params["trainer.num_train_epochs"])), int(tags["seed"]))
+
+
+def per_epoch(client: mlflow.MlflowClient, run, metric: str) -> list[float]:
+    """The run's dev `metric` after each epoch, in order (its `eval/` history)."""
+    history = sorted(client.get_metric_history(run.info.run_id, f"eval/{metric}"), key=lambda m: m.step)
+    return [m.value for m in history]
+
+
+def build_table(client, runs, tasks, students, losses, lrs, epochs) -> str:
+    header = ["task", "student", "loss", "lr", "seeds", *[f"after epoch {e}" for e in range(1, epochs + 1)]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task in tasks:
+        metric = get_task(task).main_metric
+        for student in students:
+            for loss in losses:
+                for lr in lrs:
+                    found = [r for r in runs if point(r)[:5] == (task, student, loss, lr, epochs)]
+                    if not found:
+                        continue
+                    curves = [per_epoch(client, r, metric) for r in found]
+                    cells = []
+                    for epoch in range(epochs):
+                        values = [curve[epoch] for curve in curves if len(curve) > epoch]
+                        mean, sd = cell_stats(values)
+                        cells.append(f"{mean * 100:.2f} +- {sd * 100:.2f}" if len(values) > 1 else f"{mean * 100:.2f}")
+                    lines.append(f"| {task} ({metric}) | {student} | {loss} | {lr:g} | {len(found)} | "
+                                 + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", nargs="+", default=["stsb"])
+    parser.add_argument("--students", nargs="+", default=["bert2l"])
+    parser.add_argument("--losses", nargs="+", default=["ce", "kd"])
+    parser.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3])
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1])
+    parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    parser.add_argument("--experiment", default="recipe")
+    parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "results")
+    parser.add_argument("--table-only", action="store_true", help="run nothing, rebuild the table")
+    args = parser.parse_args()
+
+    client = mlflow.MlflowClient(args.tracking_uri)
+    grid = [(t, s, l, lr, args.epochs, seed) for t in args.tasks for s in args.students for l in args.losses
+            for lr in args.lrs for seed in args.seeds]
+    for task, student, loss, lr, epochs, seed in ([] if args.table_only else grid):
+        if (task, student, loss, lr, epochs, seed) in {point(r) for r in finished(client, args.experiment)}:
+            continue
+        overrides = [f"dataset={task}", f"student={student}", f"loss={loss}", f"seed={seed}",
+                     f"trainer.learning_rate={lr}", f"trainer.num_train_epochs={epochs}",
+                     f"tracking.uri={args.tracking_uri}", f"tracking.experiment={args.experiment}"]
+        if subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides], cwd=ROOT).returncode != 0:
+            print(f"run failed (marked FAILED in MLflow), going on: {' '.join(overrides)}")
+
+    runs = finished(client, args.experiment)
+    table = build_table(client, runs, args.tasks, args.students, args.losses, args.lrs, args.epochs)
+    write_results(args.results / "recipe.md", "python experiments/student_recipe.py " + " ".join(sys.argv[1:]), table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
