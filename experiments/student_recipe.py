@@ -48,25 +48,22 @@ def per_epoch(client: mlflow.MlflowClient, run, metric: str) -> list[float]:
     return [m.value for m in history]
 
 
-def build_table(client, runs, tasks, students, losses, lrs, epochs) -> str:
+def build_table(client, runs, tasks, students, epochs) -> str:
+    """One row per (task, student, loss, lr) with a finished `epochs`-epoch run in the experiment
+    (whatever the command line asked for, so partial calls still write the whole table)."""
     header = ["task", "student", "loss", "lr", "seeds", *[f"after epoch {e}" for e in range(1, epochs + 1)]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for task in tasks:
+    points = sorted({point(r)[:5] for r in runs if point(r)[0] in tasks and point(r)[1] in students
+                     and point(r)[4] == epochs}, key=lambda p: (tasks.index(p[0]), students.index(p[1]), p[2], p[3]))
+    for task, student, loss, lr, _ in points:
         metric = get_task(task).main_metric
-        for student in students:
-            for loss in losses:
-                for lr in lrs:
-                    found = [r for r in runs if point(r)[:5] == (task, student, loss, lr, epochs)]
-                    if not found:
-                        continue
-                    curves = [per_epoch(client, r, metric) for r in found]
-                    cells = []
-                    for epoch in range(epochs):
-                        values = [curve[epoch] for curve in curves if len(curve) > epoch]
-                        mean, sd = cell_stats(values)
-                        cells.append(f"{mean * 100:.2f} +- {sd * 100:.2f}" if len(values) > 1 else f"{mean * 100:.2f}")
-                    lines.append(f"| {task} ({metric}) | {student} | {loss} | {lr:g} | {len(found)} | "
-                                 + " | ".join(cells) + " |")
+        curves = [per_epoch(client, r, metric) for r in runs if point(r)[:5] == (task, student, loss, lr, epochs)]
+        cells = []
+        for epoch in range(epochs):
+            values = [curve[epoch] for curve in curves if len(curve) > epoch]
+            mean, sd = cell_stats(values)
+            cells.append(f"{mean * 100:.2f} +- {sd * 100:.2f}" if len(values) > 1 else f"{mean * 100:.2f}")
+        lines.append(f"| {task} ({metric}) | {student} | {loss} | {lr:g} | {len(curves)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -97,7 +94,7 @@ def main() -> None:
             print(f"run failed (marked FAILED in MLflow), going on: {' '.join(overrides)}")
 
     runs = finished(client, args.experiment)
-    table = build_table(client, runs, args.tasks, args.students, args.losses, args.lrs, args.epochs)
+    table = build_table(client, runs, args.tasks, args.students, args.epochs)
     write_results(args.results / "recipe.md", "python experiments/student_recipe.py " + " ".join(sys.argv[1:]), table)
     print(table)
 
