@@ -13,4 +13,4 @@ common=(--tracking-uri "$uri" --seeds ${SEEDS:-1 2 3} --override trainer.num_tra
 python experiments/compare_glue.py --tasks ${TASKS:-rte mrpc stsb cola sst2} "${common[@]}"
 python experiments/compare_glue.py --tasks rte mrpc stsb --losses kd fdd_traj fdd_delta fdd --table ablation "${common[@]}"
 python experiments/student_recipe.py --tracking-uri "$uri" --tasks stsb --losses ce --lrs 1e-4 3e-4 1e-3
-python experiments/student_recipe.py --tracking-uri "$uri" --tasks stsb --losses kd --lrs 3e-4
+python experiments/student_recipe.py --tracking-uri "$uri" --tasks stsb --losses kd fdd codir --lrs 3e-4
