@@ -22,8 +22,7 @@ from pathlib import Path
 
 import mlflow
 
-from kdsuite.results_table import cell_stats, write_results
-from kdsuite.tasks import get_task
+from kdsuite.results_table import recipe_point, recipe_table, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,37 +33,6 @@ def finished(client: mlflow.MlflowClient, experiment: str) -> list:
         return []
     return client.search_runs([found.experiment_id], "tags.role = 'student' and attributes.status = 'FINISHED'",
                               max_results=50000)
-
-
-def point(run) -> tuple[str, str, str, float, int, int]:
-    tags, params = run.data.tags, run.data.params
-    return (tags["dataset"], tags["student"], tags["loss"], float(params["trainer.learning_rate"]),
-            int(float(params["trainer.num_train_epochs"])), int(tags["seed"]))
-
-
-def per_epoch(client: mlflow.MlflowClient, run, metric: str) -> list[float]:
-    """The run's dev `metric` after each epoch, in order (its `eval/` history)."""
-    history = sorted(client.get_metric_history(run.info.run_id, f"eval/{metric}"), key=lambda m: m.step)
-    return [m.value for m in history]
-
-
-def build_table(client, runs, tasks, students, epochs) -> str:
-    """One row per (task, student, loss, lr) with a finished `epochs`-epoch run in the experiment
-    (whatever the command line asked for, so partial calls still write the whole table)."""
-    header = ["task", "student", "loss", "lr", "seeds", *[f"after epoch {e}" for e in range(1, epochs + 1)]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    points = sorted({point(r)[:5] for r in runs if point(r)[0] in tasks and point(r)[1] in students
-                     and point(r)[4] == epochs}, key=lambda p: (tasks.index(p[0]), students.index(p[1]), p[2], p[3]))
-    for task, student, loss, lr, _ in points:
-        metric = get_task(task).main_metric
-        curves = [per_epoch(client, r, metric) for r in runs if point(r)[:5] == (task, student, loss, lr, epochs)]
-        cells = []
-        for epoch in range(epochs):
-            values = [curve[epoch] for curve in curves if len(curve) > epoch]
-            mean, sd = cell_stats(values)
-            cells.append(f"{mean * 100:.2f} +- {sd * 100:.2f}" if len(values) > 1 else f"{mean * 100:.2f}")
-        lines.append(f"| {task} ({metric}) | {student} | {loss} | {lr:g} | {len(curves)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -85,7 +53,7 @@ def main() -> None:
     grid = [(t, s, l, lr, args.epochs, seed) for t in args.tasks for s in args.students for l in args.losses
             for lr in args.lrs for seed in args.seeds]
     for task, student, loss, lr, epochs, seed in ([] if args.table_only else grid):
-        if (task, student, loss, lr, epochs, seed) in {point(r) for r in finished(client, args.experiment)}:
+        if (task, student, loss, lr, epochs, seed) in {recipe_point(r) for r in finished(client, args.experiment)}:
             continue
         overrides = [f"dataset={task}", f"student={student}", f"loss={loss}", f"seed={seed}",
                      f"trainer.learning_rate={lr}", f"trainer.num_train_epochs={epochs}",
@@ -94,7 +62,7 @@ def main() -> None:
             print(f"run failed (marked FAILED in MLflow), going on: {' '.join(overrides)}")
 
     runs = finished(client, args.experiment)
-    table = build_table(client, runs, args.tasks, args.students, args.epochs)
+    table = recipe_table(client, runs, args.tasks, args.students, args.epochs)
     write_results(args.results / "recipe.md", "python experiments/student_recipe.py " + " ".join(sys.argv[1:]), table)
     print(table)
 

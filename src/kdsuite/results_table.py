@@ -1,4 +1,5 @@
-"""The multi-seed comparison table built from finished MLflow runs (issue 6's GLUE table).
+"""Tables built from finished MLflow runs: the multi-seed comparison (issue 6's GLUE table) and
+the student recipe check (dev score per epoch and learning rate, `recipe_table`).
 
 Rows: the teacher (one fine-tuned run per task), then per (student, loss) the mean +- sd over
 seeds of each task's main metric, the average over tasks, and a paired test against `kd`.
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from scipy.stats import ttest_rel
+
+from kdsuite.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,49 @@ def build_table(
                 f"{difference * 100:+.2f}, p={p_value:.3g} ({n_pairs})" if p_value is not None else f"- ({n_pairs})"
             )
             lines.append(f"| {student} {loss} | " + " | ".join(cells) + f" | {average} | {versus} |")
+    return "\n".join(lines) + "\n"
+
+
+
+def recipe_point(run) -> tuple[str, str, str, float, int, int]:
+    """A student run's (dataset, student, loss, learning rate, epochs, seed): its recipe-check point."""
+    tags, params = run.data.tags, run.data.params
+    return (tags["dataset"], tags["student"], tags["loss"], float(params["trainer.learning_rate"]),
+            int(float(params["trainer.num_train_epochs"])), int(tags["seed"]))
+
+
+def per_epoch(client, run, metric: str) -> list[float]:
+    """The run's dev `metric` after each epoch, in order (its `eval/` history); `client` is an
+    `mlflow.MlflowClient`."""
+    history = sorted(client.get_metric_history(run.info.run_id, f"eval/{metric}"), key=lambda m: m.step)
+    return [m.value for m in history]
+
+
+def recipe_table(client, runs, tasks: list[str], students: list[str], epochs: int) -> str:
+    """The student recipe check (experiments/student_recipe.py): dev main metric after each epoch,
+    mean +- sd over seeds (x100).
+
+    One row per (task, student, loss, lr) with a finished `epochs`-epoch run among `runs`, whatever
+    the command line asked for, so partial calls still write the whole table."""
+    by_point: dict[tuple, list] = {}
+    for run in runs:
+        task, student, loss, lr, run_epochs, _ = recipe_point(run)
+        if task in tasks and student in students and run_epochs == epochs:
+            by_point.setdefault((task, student, loss, lr), []).append(run)
+    header = ["task", "student", "loss", "lr", "seeds", *[f"after epoch {e}" for e in range(1, epochs + 1)]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task, student, loss, lr in sorted(by_point, key=lambda p: (tasks.index(p[0]), students.index(p[1]), p[2], p[3])):
+        metric = get_task(task).main_metric
+        curves = [per_epoch(client, run, metric) for run in by_point[task, student, loss, lr]]
+        cells = []
+        for epoch in range(epochs):
+            values = [curve[epoch] for curve in curves if len(curve) > epoch]
+            if not values:
+                cells.append("-")
+                continue
+            mean, sd = cell_stats(values)
+            cells.append(f"{mean * 100:.2f} +- {sd * 100:.2f}" if len(values) > 1 else f"{mean * 100:.2f}")
+        lines.append(f"| {task} ({metric}) | {student} | {loss} | {lr:g} | {len(curves)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
