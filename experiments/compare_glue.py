@@ -31,7 +31,9 @@ from pathlib import Path
 
 import mlflow
 
-from kdsuite.results_table import RunResult, append_csv, build_table, pending, run_results, write_results
+from kdsuite.results_table import (
+    RunResult, append_csv, build_table, pending, run_results, teacher_metrics, write_results,
+)
 from kdsuite.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,17 +78,6 @@ def taken(client: mlflow.MlflowClient, experiment: str) -> set[tuple[str, str, s
         tags = run.data.tags
         points.add((tags["dataset"], tags["student"], tags.get("variant") or tags["loss"], int(tags["seed"])))
     return points
-
-
-def teacher_metrics(runs) -> dict[str, float]:
-    """Each task's fine-tuned teacher score, as the student runs recorded it (`teacher/<metric>`)."""
-    teacher = {}
-    for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
-        key = f"teacher/{get_task(tags['dataset']).main_metric}"
-        if key in metrics:
-            teacher[tags["dataset"]] = metrics[key]
-    return teacher
 
 
 def plot(results: list[RunResult], tasks: list[str], losses: list[str], student: str, path: Path) -> None:

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import mlflow
 
-from kdsuite.results_table import recipe_point, recipe_table, write_results
+from kdsuite.results_table import build_table, recipe_point, recipe_table, run_results, teacher_metrics, write_results
+from kdsuite.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
+LOSS_ORDER = ["ce", "kd", "fdd", "codir"]
 
 
 def finished(client: mlflow.MlflowClient, experiment: str) -> list:
@@ -63,6 +65,14 @@ def main() -> None:
 
     runs = finished(client, args.experiment)
     table = recipe_table(client, runs, args.tasks, args.students, args.epochs)
+    for lr in sorted({recipe_point(r)[3] for r in runs if recipe_point(r)[4] == args.epochs}):
+        same = [r for r in runs if recipe_point(r)[3:5] == (lr, args.epochs)]
+        results = [r for r in run_results(same) if r.dataset in args.tasks and r.student in args.students]
+        losses = sorted({r.loss for r in results}, key=lambda l: (LOSS_ORDER + [l]).index(l))
+        if len(losses) > 1:
+            names = {task: get_task(task).main_metric for task in args.tasks}
+            table += (f"\nAt lr {lr:g}, the final dev score (after epoch {args.epochs}), mean +- sd over seeds, "
+                      f"paired t-test against kd:\n\n" + build_table(results, teacher_metrics(same), args.tasks, losses, names))
     write_results(args.results / "recipe.md", "python experiments/student_recipe.py " + " ".join(sys.argv[1:]), table)
     print(table)
 

@@ -48,6 +48,17 @@ def run_results(runs) -> list[RunResult]:
     return results
 
 
+def teacher_metrics(runs) -> dict[str, float]:
+    """Each task's fine-tuned teacher score, as the student runs recorded it (`teacher/<metric>`)."""
+    teacher = {}
+    for run in runs:
+        tags, metrics = run.data.tags, run.data.metrics
+        key = f"teacher/{get_task(tags['dataset']).main_metric}"
+        if key in metrics:
+            teacher[tags["dataset"]] = metrics[key]
+    return teacher
+
+
 def pending(grid: list[tuple[str, str, str, int]], done: list[RunResult]) -> list[tuple[str, str, str, int]]:
     """The (dataset, student, loss, seed) grid points without a finished run: what to resume."""
     have = {(r.dataset, r.student, r.loss, r.seed) for r in done}
