@@ -124,7 +124,8 @@ def main() -> None:
     client = mlflow.MlflowClient(args.tracking_uri)
     grid = [(t, s, l, seed) for t in args.tasks for s in args.students for l in args.losses for seed in args.seeds]
     todo = [] if args.table_only else pending(grid, run_results(finished_runs(client, args.experiment)))
-    print(f"{len(grid) - len(todo)} of {len(grid)} runs already finished; {len(todo)} to run")
+    if not args.table_only:
+        print(f"{len(grid) - len(todo)} of {len(grid)} runs already finished; {len(todo)} to run")
     for task, student, loss, seed in todo:
         if (task, student, loss, seed) in taken(client, args.experiment):
             continue  # another worker finished it or is running it
