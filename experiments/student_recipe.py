@@ -22,11 +22,12 @@ from pathlib import Path
 
 import mlflow
 
-from kdsuite.results_table import build_table, recipe_point, recipe_table, run_results, teacher_metrics, write_results
+from kdsuite.results_table import (
+    build_table, loss_rank, recipe_point, recipe_table, run_results, teacher_metrics, write_results,
+)
 from kdsuite.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-LOSS_ORDER = ["ce", "kd", "fdd", "codir"]
 
 
 def finished(client: mlflow.MlflowClient, experiment: str) -> list:
@@ -68,7 +69,7 @@ def main() -> None:
     for lr in sorted({recipe_point(r)[3] for r in runs if recipe_point(r)[4] == args.epochs}):
         same = [r for r in runs if recipe_point(r)[3:5] == (lr, args.epochs)]
         results = [r for r in run_results(same) if r.dataset in args.tasks and r.student in args.students]
-        losses = sorted({r.loss for r in results}, key=lambda l: (LOSS_ORDER + [l]).index(l))
+        losses = sorted({r.loss for r in results}, key=loss_rank)
         if len(losses) > 1:
             names = {task: get_task(task).main_metric for task in args.tasks}
             table += (f"\nAt lr {lr:g}, the final dev score (after epoch {args.epochs}), mean +- sd over seeds, "

@@ -166,7 +166,7 @@ def recipe_table(client, runs, tasks: list[str], students: list[str], epochs: in
     """The student recipe check (experiments/student_recipe.py): dev main metric after each epoch,
     mean +- sd over seeds (x100).
 
-    One row per (task, student, loss, lr) with a finished `epochs`-epoch run among `runs`, whatever
+    One row per (task, student, lr, loss) with a finished `epochs`-epoch run among `runs`, whatever
     the command line asked for, so partial calls still write the whole table."""
     by_point: dict[tuple, list] = {}
     for run in runs:
@@ -175,7 +175,8 @@ def recipe_table(client, runs, tasks: list[str], students: list[str], epochs: in
             by_point.setdefault((task, student, loss, lr), []).append(run)
     header = ["task", "student", "loss", "lr", "seeds", *[f"after epoch {e}" for e in range(1, epochs + 1)]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for task, student, loss, lr in sorted(by_point, key=lambda p: (tasks.index(p[0]), students.index(p[1]), p[2], p[3])):
+    order = lambda p: (tasks.index(p[0]), students.index(p[1]), p[3], loss_rank(p[2]))  # noqa: E731
+    for task, student, loss, lr in sorted(by_point, key=order):
         metric = get_task(task).main_metric
         curves = [per_epoch(client, run, metric) for run in by_point[task, student, loss, lr]]
         cells = []
@@ -188,6 +189,14 @@ def recipe_table(client, runs, tasks: list[str], students: list[str], epochs: in
             cells.append(f"{mean * 100:.2f} +- {sd * 100:.2f}" if len(values) > 1 else f"{mean * 100:.2f}")
         lines.append(f"| {task} ({metric}) | {student} | {loss} | {lr:g} | {len(curves)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+LOSS_ORDER = ["ce", "kd", "fdd", "codir"]
+
+
+def loss_rank(loss: str) -> tuple[int, str]:
+    """Table order of loss labels: the four families first, anything else (ablation variants) after."""
+    return (LOSS_ORDER.index(loss) if loss in LOSS_ORDER else len(LOSS_ORDER), loss)
 
 
 TABLE_MARKER = "<!-- table -->"
