@@ -147,7 +147,6 @@ def build_table(
     return "\n".join(lines) + "\n"
 
 
-
 def recipe_point(run) -> tuple[str, str, str, float, int, int]:
     """A student run's (dataset, student, loss, learning rate, epochs, seed): its recipe-check point."""
     tags, params = run.data.tags, run.data.params
@@ -175,8 +174,8 @@ def recipe_table(client, runs, tasks: list[str], students: list[str], epochs: in
             by_point.setdefault((task, student, loss, lr), []).append(run)
     header = ["task", "student", "loss", "lr", "seeds", *[f"after epoch {e}" for e in range(1, epochs + 1)]]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    order = lambda p: (tasks.index(p[0]), students.index(p[1]), p[3], loss_rank(p[2]))  # noqa: E731
-    for task, student, loss, lr in sorted(by_point, key=order):
+    in_order = sorted(by_point, key=lambda p: (tasks.index(p[0]), students.index(p[1]), p[3], loss_rank(p[2])))
+    for task, student, loss, lr in in_order:
         metric = get_task(task).main_metric
         curves = [per_epoch(client, run, metric) for run in by_point[task, student, loss, lr]]
         cells = []
