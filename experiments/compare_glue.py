@@ -32,7 +32,7 @@ from pathlib import Path
 import mlflow
 
 from kdsuite.results_table import (
-    RunResult, append_csv, build_table, pending, run_results, teacher_metrics, write_results,
+    RunResult, append_csv, build_table, finished_runs, pending, run_results, teacher_metrics, write_results,
 )
 from kdsuite.tasks import get_task
 
@@ -48,16 +48,6 @@ VARIANTS = {
     "fdd_traj": ["loss=fdd", "loss.beta_delta=0"],
     "fdd_delta": ["loss=fdd", "loss.alpha_traj=0"],
 }
-
-
-def finished_runs(client: mlflow.MlflowClient, experiment: str):
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    return client.search_runs(
-        [found.experiment_id], filter_string="tags.role = 'student' and attributes.status = 'FINISHED'",
-        max_results=50000,
-    )
 
 
 CLAIM_HOURS = 3  # a RUNNING run older than this is taken to be dead, and its point is run again

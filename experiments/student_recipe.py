@@ -23,19 +23,11 @@ from pathlib import Path
 import mlflow
 
 from kdsuite.results_table import (
-    build_table, loss_rank, recipe_point, recipe_table, run_results, teacher_metrics, write_results,
+    build_table, finished_runs, loss_rank, recipe_point, recipe_table, run_results, teacher_metrics, write_results,
 )
 from kdsuite.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def finished(client: mlflow.MlflowClient, experiment: str) -> list:
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return []
-    return client.search_runs([found.experiment_id], "tags.role = 'student' and attributes.status = 'FINISHED'",
-                              max_results=50000)
 
 
 def main() -> None:
@@ -56,7 +48,7 @@ def main() -> None:
     grid = [(t, s, l, lr, args.epochs, seed) for t in args.tasks for s in args.students for l in args.losses
             for lr in args.lrs for seed in args.seeds]
     for task, student, loss, lr, epochs, seed in ([] if args.table_only else grid):
-        if (task, student, loss, lr, epochs, seed) in {recipe_point(r) for r in finished(client, args.experiment)}:
+        if (task, student, loss, lr, epochs, seed) in {recipe_point(r) for r in finished_runs(client, args.experiment)}:
             continue
         overrides = [f"dataset={task}", f"student={student}", f"loss={loss}", f"seed={seed}",
                      f"trainer.learning_rate={lr}", f"trainer.num_train_epochs={epochs}",
@@ -64,7 +56,7 @@ def main() -> None:
         if subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides], cwd=ROOT).returncode != 0:
             print(f"run failed (marked FAILED in MLflow), going on: {' '.join(overrides)}")
 
-    runs = finished(client, args.experiment)
+    runs = finished_runs(client, args.experiment)
     table = recipe_table(client, runs, args.tasks, args.students, args.epochs)
     for lr in sorted({recipe_point(r)[3] for r in runs if recipe_point(r)[4] == args.epochs}):
         same = [r for r in runs if recipe_point(r)[3:5] == (lr, args.epochs)]

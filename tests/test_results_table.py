@@ -8,8 +8,8 @@ import pytest
 from scipy.stats import ttest_rel
 
 from kdsuite.results_table import (
-    TABLE_MARKER, append_csv, build_table, paired_test, pending, read_csv, recipe_point, recipe_table,
-    run_results, write_results,
+    TABLE_MARKER, append_csv, build_table, finished_runs, paired_test, pending, read_csv, recipe_point,
+    recipe_table, run_results, write_results,
 )
 
 VALUES = {  # (task, loss) -> values for seeds 1, 2, 3
@@ -30,7 +30,8 @@ def store(tmp_path):
             client.set_terminated(run.info.run_id)
     failed = client.create_run(experiment_id, tags={
         "role": "student", "dataset": "rte", "student": "bert2l", "loss": "ce", "seed": "1"})
-    client.set_terminated(failed.info.run_id, status="FAILED")  # no metric: never counted
+    client.log_metric(failed.info.run_id, "final_metric", 0.9)  # failed after scoring: still not done
+    client.set_terminated(failed.info.run_id, status="FAILED")
     ablation = client.create_run(experiment_id, tags={
         "role": "student", "dataset": "rte", "student": "bert2l", "loss": "fdd", "seed": "1",
         "variant": "fdd_traj"})
@@ -40,7 +41,8 @@ def store(tmp_path):
 
 
 def finished(client, experiment_id):
-    return client.search_runs([experiment_id], filter_string="attributes.status = 'FINISHED'")
+    """The suite's own query of finished student runs (the one the resume logic uses)."""
+    return finished_runs(client, client.get_experiment(experiment_id).name)
 
 
 def test_means_sds_and_paired_test(store):

@@ -32,6 +32,18 @@ class RunResult:
     run_id: str = ""
 
 
+def finished_runs(client, experiment: str) -> list:
+    """The FINISHED student runs (`role=student`) of an MLflow experiment by name; [] when it does
+    not exist yet. `client` is an `mlflow.MlflowClient`."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs(
+        [found.experiment_id], filter_string="tags.role = 'student' and attributes.status = 'FINISHED'",
+        max_results=50000,
+    )
+
+
 def run_results(runs) -> list[RunResult]:
     """Finished student runs (MLflow `Run` objects) -> RunResult; runs without a final metric are skipped.
 
