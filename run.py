@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from kdsuite.train import train
+from kdsuite.run import train
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")

@@ -32,13 +32,10 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import instantiate
 
 from kdsuite import models
-from kdsuite.losses.base import LossContext
-from kdsuite.mapping import validate_pairs
-from kdsuite.tasks import get_task
-from kdsuite.trainer import DistillationTrainer, attach_loss, resolve_bf16, training_arguments
+from kdsuite.run.assembly import build_run, build_student, build_trainer
+from kdsuite.trainer import resolve_bf16
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 LOSSES = ("ce", "kd", "fdd", "codir")
@@ -61,36 +58,25 @@ def make_batch(vocab: int, batch: int, length: int, num_labels: int, device) -> 
 
 
 def build_trainers(args, out_dir: Path, losses=LOSSES):
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"teacher={args.teacher}", f"student={args.student}", "dataset=rte"])
-    task = get_task("rte")
-    if args.random_weights:
-        cfg.teacher.random_init = True
-    torch.manual_seed(0)
-    teacher = models.load_pretrained_teacher(cfg.teacher, task)
-    teacher_config = teacher.config
-    student_config = models.student_config(cfg.student, teacher_config)
-    pairs = validate_pairs(
-        instantiate(cfg.mapping)(student_config.num_hidden_layers, teacher_config.num_hidden_layers),
-        student_config.num_hidden_layers, teacher_config.num_hidden_layers,
-    )
-    settings = {"per_device_train_batch_size": args.batch, "max_steps": 1, "bf16": "auto"}
-    trainers = {}
+    """One trainer per loss, each assembled exactly as `run.py` assembles a run (RTE's data from
+    $GLUE_DIR gives the loss its context), over one shared teacher."""
+    trainers, teacher = {}, None
     for name in losses:
+        overrides = [f"teacher={args.teacher}", f"student={args.student}", "dataset=rte", f"loss={name}",
+                     f"trainer.per_device_train_batch_size={args.batch}", "trainer.max_steps=1",
+                     f"output_dir={out_dir / name}"]
+        if args.random_weights:
+            overrides.append("teacher.random_init=true")
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            loss_cfg = compose("config", overrides=[f"loss={name}"]).loss
-        context = LossContext(task, pairs, student_config.hidden_size, teacher_config.hidden_size,
-                              torch.arange(args.batch) % 2)
-        loss = instantiate(loss_cfg)(context=context)
-        student = models.build_student(cfg.student, teacher, teacher_config, pairs, task)
-        attach_loss(student, loss, teacher)
-        trainer = DistillationTrainer(
-            model=student, args=training_arguments(settings, str(out_dir / name), seed=0),
-            distillation_loss=loss, teacher=teacher if loss.needs_teacher else None,
-        )
+            cfg = compose("config", overrides=overrides)
+        run = build_run(cfg)
+        if teacher is None:
+            torch.manual_seed(0)
+            teacher = models.load_pretrained_teacher(cfg.teacher, run.task)
+        trainer = build_trainer(run, build_student(run, teacher), run.loss, teacher, run.student_args)
         trainer.create_optimizer()
         trainers[name] = trainer
-    return trainers, teacher, teacher_config, bool(cfg.teacher.random_init)
+    return trainers, teacher, teacher.config, bool(cfg.teacher.random_init)
 
 
 def timed(fn, device) -> float:

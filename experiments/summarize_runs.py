@@ -20,7 +20,7 @@ import numpy as np
 import mlflow
 import yaml
 
-from kdsuite.data import load_split
+from kdsuite.data.glue import load_split
 from kdsuite.metrics import glue_metrics
 from kdsuite.tasks import get_task
 

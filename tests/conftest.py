@@ -1,4 +1,9 @@
-"""Shared fixtures: the real GLUE copy beside the checkout, and tiny composed run configs."""
+"""Shared fixtures: the real GLUE copy beside the checkout, and tiny composed run configs.
+
+Marker `e2e`: the test trains, starts processes or reads the GLUE data. It is set on every test
+that asks for `glue_dir` and on the modules that train; `pytest -m "not e2e"` runs the loss math,
+mapping, model and config tests without the data.
+"""
 
 from __future__ import annotations
 
@@ -31,9 +36,20 @@ TINY_RUN = [
 ]
 
 
+def glue_path() -> Path:
+    """$GLUE_DIR, else the shared copy beside the checkout (which may be missing)."""
+    return Path(os.environ.get("GLUE_DIR", DEFAULT_GLUE_DIR))
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "glue_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.e2e)
+
+
 @pytest.fixture(scope="session")
 def glue_dir() -> Path:
-    path = Path(os.environ.get("GLUE_DIR", DEFAULT_GLUE_DIR))
+    path = glue_path()
     assert (path / "RTE" / "train.tsv").is_file(), (
         f"real GLUE data not found at {path}: set GLUE_DIR to shared/data/glue"
     )
@@ -41,14 +57,14 @@ def glue_dir() -> Path:
 
 
 @pytest.fixture
-def make_config(tmp_path, glue_dir):
+def make_config(tmp_path):
     """Compose `conf/` with overrides, pointed at a private MLflow store, cache and output dir."""
 
     def make(*overrides: str) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name="config", overrides=list(overrides))
         with open_dict(cfg):
-            cfg.dataset.data_dir = str(glue_dir)
+            cfg.dataset.data_dir = str(glue_path())
             cfg.cache_dir = str(tmp_path / "cache")
             cfg.output_dir = str(tmp_path / "out")
             cfg.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -12,7 +12,9 @@ from omegaconf import OmegaConf
 from kdsuite import models
 from kdsuite.mapping import uniform
 from kdsuite.tasks import get_task
-from kdsuite.train import train
+from kdsuite.run import train
+
+pytestmark = pytest.mark.e2e  # trains real runs
 
 FAST = [
     "teacher.finetune.max_steps=4",

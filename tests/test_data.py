@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from kdsuite.data import check_data_available, load_split, subset_indices, tokenize_split
+from kdsuite.data.glue import check_data_available, load_split, subset_indices, tokenize_split
 from kdsuite.models import load_tokenizer
 from kdsuite.tasks import get_task
 

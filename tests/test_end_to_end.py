@@ -7,7 +7,9 @@ import mlflow
 import pytest
 
 from conftest import TINY_RUN
-from kdsuite.train import train
+from kdsuite.run import train
+
+pytestmark = pytest.mark.e2e  # trains real runs
 
 
 def runs(cfg, role=None):

@@ -6,9 +6,10 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from kdsuite import instructions, models
+from kdsuite import models
+from kdsuite.data import instructions
 from kdsuite.generation import rouge_l
-from kdsuite.instructions import Instruction
+from kdsuite.data.instructions import Instruction
 
 TEMPLATE = {"with_context": "I: {instruction} C: {context} R:", "plain": "I: {instruction} R:"}
 

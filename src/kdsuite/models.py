@@ -50,10 +50,10 @@ def resolve_location(name_or_path: str) -> str:
     return str(module.get_model_path())
 
 
-def load_tokenizer(teacher_cfg: DictConfig):
+def load_tokenizer(teacher_settings: DictConfig):
     """The teacher's tokenizer, which every student of the run shares."""
     return AutoTokenizer.from_pretrained(
-        resolve_location(teacher_cfg.get("tokenizer") or teacher_cfg.name_or_path)
+        resolve_location(teacher_settings.get("tokenizer") or teacher_settings.name_or_path)
     )
 
 
@@ -80,8 +80,8 @@ def check_same_tokenizer(teacher_tokenizer, student_location: str) -> None:
         )
 
 
-def _config_overrides(model_cfg: DictConfig) -> dict:
-    overrides = model_cfg.get("config_overrides")
+def _config_overrides(model_settings: DictConfig) -> dict:
+    overrides = model_settings.get("config_overrides")
     return OmegaConf.to_container(overrides, resolve=True) if overrides else {}
 
 
@@ -90,12 +90,12 @@ def auto_model_class(task: TaskSpec | CausalTaskSpec):
     return AutoModelForCausalLM if task.is_causal_lm else AutoModelForSequenceClassification
 
 
-def _architecture(model_cfg: DictConfig) -> PretrainedConfig:
+def _architecture(model_settings: DictConfig) -> PretrainedConfig:
     """A config from a checkpoint (`name_or_path`) or from `model_type` alone, with overrides."""
-    overrides = _config_overrides(model_cfg)
-    if model_cfg.get("model_type"):
-        return AutoConfig.for_model(model_cfg.model_type, **overrides)
-    return AutoConfig.from_pretrained(resolve_location(model_cfg.name_or_path), **overrides)
+    overrides = _config_overrides(model_settings)
+    if model_settings.get("model_type"):
+        return AutoConfig.for_model(model_settings.model_type, **overrides)
+    return AutoConfig.from_pretrained(resolve_location(model_settings.name_or_path), **overrides)
 
 
 def _with_task_head(config: PretrainedConfig, task: TaskSpec | CausalTaskSpec) -> PretrainedConfig:
@@ -108,61 +108,61 @@ def _with_task_head(config: PretrainedConfig, task: TaskSpec | CausalTaskSpec) -
     return config
 
 
-def teacher_config(teacher_cfg: DictConfig, task: TaskSpec | CausalTaskSpec) -> PretrainedConfig:
+def teacher_architecture(teacher_settings: DictConfig, task: TaskSpec | CausalTaskSpec) -> PretrainedConfig:
     """The teacher's architecture (no weights loaded) with the task's head."""
-    return _with_task_head(_architecture(teacher_cfg), task)
+    return _with_task_head(_architecture(teacher_settings), task)
 
 
-def load_pretrained_teacher(teacher_cfg: DictConfig, task: TaskSpec) -> PreTrainedModel:
+def load_pretrained_teacher(teacher_settings: DictConfig, task: TaskSpec) -> PreTrainedModel:
     """The teacher before fine-tuning: its checkpoint, or random weights when `random_init`.
 
     `random_init: true` (with `config_overrides`) gives the tiny random teachers that tests and
     benchmarks use; the task head is always new.
     """
-    config = teacher_config(teacher_cfg, task)
+    config = teacher_architecture(teacher_settings, task)
     model_class = auto_model_class(task)
-    if teacher_cfg.get("random_init", False) or teacher_cfg.get("model_type"):
+    if teacher_settings.get("random_init", False) or teacher_settings.get("model_type"):
         return model_class.from_config(config)
-    return model_class.from_pretrained(resolve_location(teacher_cfg.name_or_path), config=config)
+    return model_class.from_pretrained(resolve_location(teacher_settings.name_or_path), config=config)
 
 
-def student_config(student_cfg: DictConfig, teacher_cfg: PretrainedConfig) -> PretrainedConfig:
+def student_architecture(student_settings: DictConfig, teacher_architecture: PretrainedConfig) -> PretrainedConfig:
     """The teacher's architecture with `student.num_layers` blocks and the student's overrides;
     with `student.model_type`, an architecture of its own over the teacher's vocabulary."""
     # Everything goes in at construction: configs derive fields (LLaMA's head_dim) in __init__.
-    settings = {"num_hidden_layers": int(student_cfg.num_layers), **_config_overrides(student_cfg)}
-    if student_cfg.get("model_type"):
-        token_ids = {name: getattr(teacher_cfg, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
-        return AutoConfig.for_model(student_cfg.model_type, vocab_size=teacher_cfg.vocab_size, **token_ids, **settings)
-    return teacher_cfg.__class__.from_dict({**teacher_cfg.to_dict(), **settings})
+    settings = {"num_hidden_layers": int(student_settings.num_layers), **_config_overrides(student_settings)}
+    if student_settings.get("model_type"):
+        token_ids = {name: getattr(teacher_architecture, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
+        return AutoConfig.for_model(student_settings.model_type, vocab_size=teacher_architecture.vocab_size, **token_ids, **settings)
+    return teacher_architecture.__class__.from_dict({**teacher_architecture.to_dict(), **settings})
 
 
-def check_student_fits(student_cfg: DictConfig, teacher_cfg: PretrainedConfig) -> None:
+def check_student_fits(student_settings: DictConfig, teacher_architecture: PretrainedConfig) -> None:
     """Fail before training on a student the chosen initialisation cannot build."""
-    if student_cfg.get("pretrained"):
+    if student_settings.get("pretrained"):
         return
-    if student_cfg.init not in STUDENT_INITS:
+    if student_settings.init not in STUDENT_INITS:
         raise ValueError(
-            f"student.init={student_cfg.init!r} is not one of {list(STUDENT_INITS)} "
+            f"student.init={student_settings.init!r} is not one of {list(STUDENT_INITS)} "
             f"(or set student.pretrained=NAME to load a checkpoint)"
         )
-    depth, teacher_depth = int(student_cfg.num_layers), teacher_cfg.num_hidden_layers
+    depth, teacher_depth = int(student_settings.num_layers), teacher_architecture.num_hidden_layers
     if depth > teacher_depth or depth < 1:
         raise ValueError(
-            f"student {student_cfg.name!r} has {depth} layers but the teacher has "
+            f"student {student_settings.name!r} has {depth} layers but the teacher has "
             f"{teacher_depth}: a student needs 1..{teacher_depth} layers"
         )
-    if student_cfg.init == "teacher" and student_cfg.get("model_type"):
+    if student_settings.init == "teacher" and student_settings.get("model_type"):
         raise ValueError(
-            f"student {student_cfg.name!r} has its own architecture (model_type="
-            f"{student_cfg.model_type}), so it cannot copy teacher blocks: set student.init=random"
+            f"student {student_settings.name!r} has its own architecture (model_type="
+            f"{student_settings.model_type}), so it cannot copy teacher blocks: set student.init=random"
         )
-    if student_cfg.init == "teacher":
-        config = student_config(student_cfg, teacher_cfg)
-        if config.hidden_size != teacher_cfg.hidden_size:
+    if student_settings.init == "teacher":
+        config = student_architecture(student_settings, teacher_architecture)
+        if config.hidden_size != teacher_architecture.hidden_size:
             raise ValueError(
                 f"student.init=teacher copies teacher blocks, so the student must keep the "
-                f"teacher's width {teacher_cfg.hidden_size}, got hidden_size "
+                f"teacher's width {teacher_architecture.hidden_size}, got hidden_size "
                 f"{config.hidden_size}; use student.init=random for a narrower student"
             )
 
@@ -198,39 +198,39 @@ def student_from_teacher(
 
 
 def build_student(
-    student_cfg: DictConfig,
+    student_settings: DictConfig,
     teacher: PreTrainedModel | None,
-    teacher_cfg: PretrainedConfig,
+    teacher_architecture: PretrainedConfig,
     pairs: LayerPairs,
     task: TaskSpec,
 ) -> PreTrainedModel:
     """The student of a run: a checkpoint (`student.pretrained`), a copy of teacher blocks
     (`student.init=teacher`) or random weights of the student's config (`student.init=random`),
     wrapped with LoRA adapters when `student.lora.r > 0`."""
-    return apply_lora(_student_weights(student_cfg, teacher, teacher_cfg, pairs, task), student_cfg.get("lora"), task)
+    return apply_lora(_student_weights(student_settings, teacher, teacher_architecture, pairs, task), student_settings.get("lora"), task)
 
 
-def _student_weights(student_cfg, teacher, teacher_cfg, pairs, task) -> PreTrainedModel:
+def _student_weights(student_settings, teacher, teacher_architecture, pairs, task) -> PreTrainedModel:
     model_class = auto_model_class(task)
-    if student_cfg.get("pretrained"):
+    if student_settings.get("pretrained"):
         if task.is_causal_lm:  # the tokenizers were compared when the run was planned
-            return model_class.from_pretrained(resolve_location(student_cfg.pretrained))
+            return model_class.from_pretrained(resolve_location(student_settings.pretrained))
         student = model_class.from_pretrained(
-            resolve_location(student_cfg.pretrained), num_labels=task.num_labels
+            resolve_location(student_settings.pretrained), num_labels=task.num_labels
         )
-        if student.config.vocab_size != teacher_cfg.vocab_size:
+        if student.config.vocab_size != teacher_architecture.vocab_size:
             raise ValueError(
-                f"student.pretrained={student_cfg.pretrained!r} has vocabulary size "
+                f"student.pretrained={student_settings.pretrained!r} has vocabulary size "
                 f"{student.config.vocab_size} but the teacher's tokenizer has "
-                f"{teacher_cfg.vocab_size}: teacher and student must share a tokenizer"
+                f"{teacher_architecture.vocab_size}: teacher and student must share a tokenizer"
             )
         _with_task_head(student.config, task)
         return student
-    check_student_fits(student_cfg, teacher_cfg)
-    config = student_config(student_cfg, teacher_cfg)
-    if student_cfg.init == "random":
+    check_student_fits(student_settings, teacher_architecture)
+    config = student_architecture(student_settings, teacher_architecture)
+    if student_settings.init == "random":
         return model_class.from_config(config)
-    sources = init_block_sources(pairs, config.num_hidden_layers, teacher_cfg.num_hidden_layers)
+    sources = init_block_sources(pairs, config.num_hidden_layers, teacher_architecture.num_hidden_layers)
     return student_from_teacher(teacher, config, sources, model_class)
 
 

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Label of a position no loss counts (the prompt and padding of causal-LM examples); the value
+# PyTorch's cross-entropy and Hugging Face's collators ignore.
+IGNORE_INDEX = -100
+
 
 @dataclass(frozen=True)
 class TaskSpec:

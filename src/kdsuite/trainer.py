@@ -8,6 +8,8 @@ torch.compile and DDP are the Trainer's own.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import math
 
 import torch
@@ -153,8 +155,9 @@ def resolve_bf16(value) -> bool:
     return bool(value)
 
 
-def training_arguments(settings: dict, output_dir: str, seed: int) -> TrainingArguments:
-    """`TrainingArguments` from a `trainer`/`teacher.finetune` config section.
+def training_arguments(settings: dict, output_dir: str, seed: int, section: str = "trainer") -> TrainingArguments:
+    """`TrainingArguments` from a `trainer`/`teacher.finetune` config section (named by `section`
+    in errors).
 
     The suite owns MLflow (`report_to="none"`) and keeps `example_index` in batches
     (`remove_unused_columns=False`).
@@ -163,11 +166,11 @@ def training_arguments(settings: dict, output_dir: str, seed: int) -> TrainingAr
     settings["bf16"] = resolve_bf16(settings.get("bf16", "auto"))
     settings.setdefault("seed", seed)
     settings.setdefault("dataloader_pin_memory", torch.cuda.is_available())
-    try:
-        return TrainingArguments(
-            output_dir=output_dir, report_to="none", remove_unused_columns=False, **settings
-        )
-    except TypeError as error:
-        raise ValueError(
-            f"trainer settings {sorted(settings)} hold a key TrainingArguments does not take: {error}"
-        ) from error
+    known = {field.name for field in dataclasses.fields(TrainingArguments) if field.init}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        suggestions = {key: difflib.get_close_matches(key, known, n=1) for key in unknown}
+        hints = ", ".join(f"{section}.{key}" + (f" (did you mean {section}.{close[0]}?)" if close else "")
+                          for key, close in suggestions.items())
+        raise ValueError(f"{hints}: not a transformers.TrainingArguments field")
+    return TrainingArguments(output_dir=output_dir, report_to="none", remove_unused_columns=False, **settings)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -28,15 +28,18 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, is_regression: bool) -
 class LossContext:
     """What a run knows before training that a loss may need to build itself.
 
-    `train_labels[i]` is the label of the training example whose `example_index` is i (empty
-    for causal-LM tasks, whose labels are token sequences).
+    Only the task is always known: `LossContext(task)` is the whole context of a loss that reads
+    nothing else (the teacher's own fine-tune with `ce`). A distillation run also gives the layer
+    pairs, both models' widths and `train_labels`, where `train_labels[i]` is the label of the
+    training example whose `example_index` is i (empty for causal-LM tasks, whose labels are
+    token sequences).
     """
 
     task: TaskSpec | CausalTaskSpec
-    layer_pairs: LayerPairs
-    student_hidden_size: int
-    teacher_hidden_size: int
-    train_labels: torch.Tensor
+    layer_pairs: LayerPairs = ()
+    student_hidden_size: int | None = None
+    teacher_hidden_size: int | None = None
+    train_labels: torch.Tensor = field(default_factory=lambda: torch.empty(0))
 
 
 class DistillationLoss(nn.Module):

@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-IGNORE_INDEX = -100
+from kdsuite.tasks import IGNORE_INDEX
+
 DIVERGENCES = ("forward_kl", "reverse_kl", "skew_kl")
 
 

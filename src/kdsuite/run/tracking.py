@@ -1,9 +1,10 @@
-"""MLflow: the suite owns its runs (never the Trainer's `report_to="mlflow"`, which opens a
-second run on `evaluate()`).
+"""MLflow: every call the suite makes to it. The suite owns its runs (never the Trainer's
+`report_to="mlflow"`, which opens a second run on `evaluate()`).
 
 A run records the flattened resolved config as params, tags naming what was run, the resolved
-config and Hydra overrides as artifacts, and the Trainer's logs as metrics through
-`MlflowMetricsCallback`. A run that raises ends FAILED (KILLED on Ctrl-C).
+config and Hydra overrides as artifacts, the Trainer's logs as metrics through
+`MlflowMetricsCallback`, and at the end `final/<metric>` and `final_metric`. A run that raises
+ends FAILED (KILLED on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -125,3 +126,53 @@ class MlflowMetricsCallback(TrainerCallback):
         }
         if metrics:
             mlflow.log_metrics(metrics, step=state.global_step)
+
+
+def student_tags(cfg: DictConfig, loss_name: str, layer_pairs, teacher=None) -> dict[str, str]:
+    """What a student run is: teacher, student, loss, dataset, seed, layer pairs, the teacher's
+    cache folder and MLflow run, and the user's `tracking.tags`."""
+    tags = {
+        "role": "student",
+        "teacher": cfg.teacher.name,
+        "student": cfg.student.name,
+        "loss": loss_name,
+        "dataset": cfg.dataset.name,
+        "seed": str(cfg.seed),
+        "layer_pairs": str(layer_pairs),
+    }
+    if teacher is not None:
+        tags.update(teacher_path=str(teacher.path), teacher_run_id=str(teacher.run_id))
+    tags.update({key: str(value) for key, value in (cfg.tracking.get("tags") or {}).items()})
+    return tags
+
+
+def teacher_tags(cfg: DictConfig) -> dict[str, str]:
+    return {"role": "teacher", "teacher": cfg.teacher.name, "dataset": cfg.dataset.name}
+
+
+def log_teacher_metrics(metrics: dict[str, float]) -> None:
+    """The teacher's dev metrics beside the student's, as `teacher/<metric>`."""
+    mlflow.log_metrics({f"teacher/{name}": value for name, value in metrics.items()})
+
+
+def log_model_size(parameters: int, trainable: int) -> None:
+    mlflow.log_params({"student_parameters": parameters, "student_trainable_parameters": trainable})
+
+
+def log_generations(scores: dict[str, float], samples: list[dict]) -> None:
+    """ROUGE-L of sampled responses as `final/<name>` and a sample of them as `generations.json`."""
+    mlflow.log_metrics({f"final/{name}": value for name, value in scores.items()})
+    mlflow.log_dict(samples, "generations.json")
+
+
+def log_final(main_metric: str, metrics: dict[str, float]) -> float:
+    """`final_metric` (the task's main metric, a sweep's objective) and the tag naming it."""
+    objective = metrics[main_metric]
+    mlflow.log_metric("final_metric", objective)
+    mlflow.set_tag("main_metric", main_metric)
+    return objective
+
+
+def log_cache_key(key: dict) -> None:
+    """A fine-tuned teacher's cache key, flattened, as the params of its `role=teacher` run."""
+    mlflow.log_params(flatten(key))

@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 from omegaconf import DictConfig
 
-from kdsuite.losses.tokens import IGNORE_INDEX
+from kdsuite.tasks import IGNORE_INDEX
 
 FIELDS = ("instruction", "context", "response")
 

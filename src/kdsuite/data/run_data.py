@@ -1,9 +1,10 @@
-"""A run's data, by track: tokenised train/validation sets, the collator that pads them per batch,
-how they are scored, and (causal-LM track) the prompts whose sampled responses are scored.
+"""What a run gets from its data, on either track: tokenised train/validation sets, the collator
+that pads them per batch, how they are scored, and (causal-LM track) the prompts whose sampled
+responses are scored.
 
-GLUE tasks come from `data.py` (TSV or hub) and are scored with GLUE's metrics; instruction data
+GLUE tasks come from `glue.py` (TSV or hub) and are scored with GLUE's metrics; instruction data
 comes from `instructions.py` (JSONL or hub) and is scored by ROUGE-L of sampled responses
-(`generation.py`), with the validation loss reported during training.
+(`kdsuite.generation`), with the validation loss reported during training.
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ import torch
 from omegaconf import DictConfig
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
-from kdsuite import data, instructions
+from kdsuite.data import glue, instructions
 from kdsuite.generation import GenerationSet
-from kdsuite.losses.tokens import IGNORE_INDEX
 from kdsuite.metrics import glue_metrics
-from kdsuite.tasks import CausalTaskSpec, TaskSpec
+from kdsuite.tasks import IGNORE_INDEX, CausalTaskSpec, TaskSpec
 
 
 @dataclass
-class TaskData:
+class RunData:
     """A task's tokenised data and how batches are formed and scored."""
 
     train_set: object
@@ -34,29 +34,29 @@ class TaskData:
     generation_settings: DictConfig | None = None
 
 
-def glue_data(cfg: DictConfig, task: TaskSpec, tokenizer) -> TaskData:
-    train_split = data.load_split(task, "train", cfg.dataset.data_dir)
-    eval_split = data.load_split(task, "validation", cfg.dataset.data_dir)
-    train_rows = data.subset_indices(len(train_split), cfg.dataset.max_train_samples)
+def glue_data(cfg: DictConfig, task: TaskSpec, tokenizer) -> RunData:
+    train_split = glue.load_split(task, "train", cfg.dataset.data_dir)
+    eval_split = glue.load_split(task, "validation", cfg.dataset.data_dir)
+    train_rows = glue.subset_indices(len(train_split), cfg.dataset.max_train_samples)
     label_dtype = torch.float32 if task.is_regression else torch.long
     length = cfg.dataset.max_seq_length
-    return TaskData(
-        train_set=data.tokenize_split(train_split, tokenizer, length, cfg.dataset.max_train_samples),
-        eval_set=data.tokenize_split(eval_split, tokenizer, length, cfg.dataset.max_eval_samples),
+    return RunData(
+        train_set=glue.tokenize_split(train_split, tokenizer, length, cfg.dataset.max_train_samples),
+        eval_set=glue.tokenize_split(eval_split, tokenizer, length, cfg.dataset.max_eval_samples),
         train_labels=torch.tensor([train_split.labels[i] for i in train_rows], dtype=label_dtype),
         collator=DataCollatorWithPadding(tokenizer),
         compute_metrics=lambda prediction: glue_metrics(task, prediction.predictions, prediction.label_ids),
     )
 
 
-def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer) -> TaskData:
+def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer) -> RunData:
     """Dolly-format data: response-token labels for training and validation loss, and the prompts
     of `dataset.generation.split` for ROUGE-L."""
     settings = cfg.dataset
     splits = instructions.load_splits(settings, task.hub_dataset)
     lengths = (settings.max_seq_length, settings.max_prompt_length)
     scored = splits[settings.generation.split][: settings.generation.max_examples]
-    return TaskData(
+    return RunData(
         train_set=instructions.tokenize_examples(splits["train"], tokenizer, settings.template, *lengths,
                                                  settings.max_train_samples),
         eval_set=instructions.tokenize_examples(splits["validation"], tokenizer, settings.template, *lengths,
@@ -82,8 +82,8 @@ def check_data(cfg: DictConfig, task) -> None:
                 f"dataset.generation.split={cfg.dataset.generation.split!r} is not one of ['validation', 'test']"
             )
     else:
-        data.check_data_available(task, cfg.dataset.data_dir)
+        glue.check_data_available(task, cfg.dataset.data_dir)
 
 
-def task_data(cfg: DictConfig, task: TaskSpec | CausalTaskSpec, tokenizer) -> TaskData:
+def load_run_data(cfg: DictConfig, task: TaskSpec | CausalTaskSpec, tokenizer) -> RunData:
     return instruction_data(cfg, task, tokenizer) if task.is_causal_lm else glue_data(cfg, task, tokenizer)

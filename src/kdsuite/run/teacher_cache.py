@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,6 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
-from kdsuite.models import auto_model_class
 from kdsuite.tasks import get_task
 
 CACHE_FORMAT = 1  # bump when what is cached, or how, changes
@@ -30,13 +28,6 @@ class FineTunedTeacher:
     metrics: dict[str, float]  # dev metrics measured right after fine-tuning
     run_id: str | None  # the MLflow run that fine-tuned it
     from_cache: bool
-
-
-def default_cache_dir() -> Path:
-    """`$KDSUITE_CACHE`, else `$XDG_CACHE_HOME/kdsuite`, else `~/.cache/kdsuite`."""
-    if os.environ.get("KDSUITE_CACHE"):
-        return Path(os.environ["KDSUITE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kdsuite"
 
 
 def cache_key(cfg: DictConfig) -> dict:
@@ -65,11 +56,21 @@ def cache_key(cfg: DictConfig) -> dict:
     }
 
 
-def teacher_dir(cfg: DictConfig) -> Path:
-    """`<cache_dir>/teachers/<teacher>-<task>-<hash of cache_key>`."""
-    digest = hashlib.sha256(json.dumps(cache_key(cfg), sort_keys=True).encode()).hexdigest()
-    root = Path(cfg.cache_dir).expanduser() if cfg.get("cache_dir") else default_cache_dir()
-    return root / "teachers" / f"{cfg.teacher.name}-{cfg.dataset.name}-{digest[:16]}"
+@dataclass(frozen=True)
+class CacheEntry:
+    """Where one fine-tuned teacher lives, and the key it was made from (stored beside it)."""
+
+    key: dict
+    path: Path  # <cache_dir>/teachers/<teacher>-<task>-<hash of key>
+
+
+def cache_entry(cfg: DictConfig) -> CacheEntry:
+    """The entry of the run's teacher under `cfg.cache_dir` (resolved by the config: $KDSUITE_CACHE,
+    else ~/.cache/kdsuite)."""
+    key = cache_key(cfg)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    path = Path(cfg.cache_dir).expanduser() / "teachers" / f"{cfg.teacher.name}-{cfg.dataset.name}-{digest[:16]}"
+    return CacheEntry(key, path)
 
 
 def load_cached(path: Path, model_class) -> FineTunedTeacher | None:
@@ -81,13 +82,13 @@ def load_cached(path: Path, model_class) -> FineTunedTeacher | None:
     return FineTunedTeacher(model, path, meta["metrics"], meta.get("run_id"), from_cache=True)
 
 
-def get_or_finetune(cfg: DictConfig, finetune) -> FineTunedTeacher:
-    """The cached teacher for `cfg`, or `finetune(output_dir) -> (model, tokenizer, metrics,
+def get_or_finetune(entry: CacheEntry, model_class, finetune) -> FineTunedTeacher:
+    """The teacher cached at `entry`, or `finetune(output_dir) -> (model, tokenizer, metrics,
     run_id)` run once under a lock and saved atomically (a crash leaves no half-written cache)."""
-    path = teacher_dir(cfg)
+    path = entry.path
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        cached = load_cached(path, auto_model_class(get_task(cfg.dataset.name)))
+        cached = load_cached(path, model_class)
         if cached is not None:
             return cached
         staging = path.with_name(path.name + ".partial")
@@ -96,7 +97,7 @@ def get_or_finetune(cfg: DictConfig, finetune) -> FineTunedTeacher:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         shutil.rmtree(staging / "trainer", ignore_errors=True)
-        meta = {"metrics": metrics, "run_id": run_id, "key": cache_key(cfg)}
+        meta = {"metrics": metrics, "run_id": run_id, "key": entry.key}
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
         staging.rename(path)
     return FineTunedTeacher(model, path, metrics, run_id, from_cache=False)

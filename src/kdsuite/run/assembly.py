@@ -1,0 +1,148 @@
+"""The assembly of a run: from a composed config to the trainer that distils.
+
+`build_run(cfg)` checks everything the config can get wrong and builds what needs no model
+weights: the task, the tokenizer, both architectures, the layer pairs, the loss, the tokenised
+data and the training arguments of student and teacher. Any error here comes before the teacher
+fine-tune, the data download or training. `build_student` and `build_trainer` finish the run once
+the teacher is there. `kdsuite.run.job.train`, the benchmarks and the tests all call these, so
+nothing else wires a trainer by hand.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerCallback, TrainingArguments
+
+from kdsuite import models
+from kdsuite.data import instructions
+from kdsuite.data.run_data import RunData, check_data, load_run_data
+from kdsuite.losses.base import DistillationLoss, LossContext
+from kdsuite.mapping import LayerPairs, validate_pairs
+from kdsuite.tasks import CausalTaskSpec, TaskSpec, get_task
+from kdsuite.trainer import DistillationTrainer, attach_loss, training_arguments
+
+
+@dataclass
+class Run:
+    """A checked run: everything built from the config before any weights are loaded."""
+
+    cfg: DictConfig
+    task: TaskSpec | CausalTaskSpec
+    tokenizer: object
+    teacher_architecture: PretrainedConfig  # the teacher's config with the task's head
+    student_architecture: PretrainedConfig
+    layer_pairs: LayerPairs
+    loss: DistillationLoss
+    data: RunData
+    student_args: TrainingArguments  # from `trainer.*`
+    teacher_args: TrainingArguments  # from `teacher.finetune.*`; output_dir is set by the cache
+    out_dir: Path
+
+    @property
+    def needs_teacher(self) -> bool:
+        """True when the loss reads the teacher or the student copies its blocks."""
+        copies_teacher = not self.cfg.student.get("pretrained") and self.cfg.student.init == "teacher"
+        return self.loss.needs_teacher or copies_teacher
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """`cfg.output_dir`, else the Hydra job's folder, else a fresh temporary folder."""
+    if cfg.get("output_dir"):
+        return Path(cfg.output_dir)
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path(tempfile.mkdtemp(prefix="kdsuite-"))
+
+
+def resolve_student_architecture(cfg: DictConfig, teacher_architecture: PretrainedConfig) -> PretrainedConfig:
+    if cfg.student.get("pretrained"):
+        return AutoConfig.from_pretrained(models.resolve_location(cfg.student.pretrained))
+    models.check_student_fits(cfg.student, teacher_architecture)
+    return models.student_architecture(cfg.student, teacher_architecture)
+
+
+def load_tokenizer(cfg: DictConfig, task, teacher_architecture: PretrainedConfig):
+    """The teacher's tokenizer; on the causal-LM track also checked against the model and the student."""
+    tokenizer = models.load_tokenizer(cfg.teacher)
+    if task.is_causal_lm:
+        instructions.prepare_tokenizer(tokenizer)
+        models.check_vocabulary(teacher_architecture, tokenizer, f"teacher {cfg.teacher.name!r}")
+        if cfg.student.get("pretrained"):
+            models.check_same_tokenizer(tokenizer, cfg.student.pretrained)
+    return tokenizer
+
+
+def as_settings(section: DictConfig) -> dict:
+    return OmegaConf.to_container(section, resolve=True)
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """Check the config and build data, mapping, loss and training arguments; raises before any
+    long work."""
+    task = get_task(cfg.dataset.name)
+    check_data(cfg, task)
+    out_dir = output_dir(cfg)
+    student_args = training_arguments(as_settings(cfg.trainer), str(out_dir / "trainer"), cfg.seed,
+                                      section="trainer")
+    teacher_args = training_arguments(as_settings(cfg.teacher.finetune), str(out_dir / "teacher"), cfg.seed,
+                                      section="teacher.finetune")
+    teacher_arch = models.teacher_architecture(cfg.teacher, task)
+    tokenizer = load_tokenizer(cfg, task, teacher_arch)
+    student_arch = resolve_student_architecture(cfg, teacher_arch)
+    student_layers, teacher_layers = student_arch.num_hidden_layers, teacher_arch.num_hidden_layers
+
+    make_loss = instantiate(cfg.loss)  # a partial: the class is known before the loss is built
+    layer_pairs = validate_pairs(
+        instantiate(cfg.mapping)(student_layers, teacher_layers), student_layers, teacher_layers,
+        make_loss.func.needs_increasing_pairs,
+    )
+    run_data = load_run_data(cfg, task, tokenizer)
+    context = LossContext(
+        task=task,
+        layer_pairs=layer_pairs,
+        student_hidden_size=student_arch.hidden_size,
+        teacher_hidden_size=teacher_arch.hidden_size,
+        train_labels=run_data.train_labels,
+    )
+    return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, make_loss(context=context),
+               run_data, student_args, teacher_args, out_dir)
+
+
+def build_student(run: Run, teacher: PreTrainedModel | None) -> PreTrainedModel:
+    """The run's student: a checkpoint, a copy of the mapped teacher blocks, or random weights."""
+    return models.build_student(run.cfg.student, teacher, run.teacher_architecture, run.layer_pairs, run.task)
+
+
+def build_trainer(
+    run: Run,
+    model: PreTrainedModel,
+    loss: DistillationLoss,
+    teacher: PreTrainedModel | None,
+    args: TrainingArguments,
+    callbacks: list[TrainerCallback] = (),
+) -> DistillationTrainer:
+    """The Trainer that trains `model` with `loss` on the run's data.
+
+    The loss module becomes a submodule of the model, so its learned parts are optimised and
+    saved with it. `teacher` is given only when the loss reads it.
+    """
+    attach_loss(model, loss, teacher)
+    return DistillationTrainer(
+        model=model,
+        args=args,
+        train_dataset=run.data.train_set,
+        eval_dataset=run.data.eval_set,
+        processing_class=run.tokenizer,
+        data_collator=run.data.collator,
+        compute_metrics=run.data.compute_metrics,
+        callbacks=list(callbacks),
+        distillation_loss=loss,
+        teacher=teacher if loss.needs_teacher else None,
+    )

@@ -1,0 +1,95 @@
+"""`train(cfg) -> float`: one distillation run, the function behind `run.py` (and tests, scripts
+and sweeps). It returns the task's main dev metric, the objective a sweep maximises.
+
+Order of work: `build_run` checks everything that can be wrong with the config (task, data
+files, training arguments, student depth and width, layer mapping, loss settings), then the
+teacher is fetched from the cache or fine-tuned (its own MLflow run, `role=teacher`), then the
+student is trained in an MLflow run of its own (`role=student`).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
+
+from kdsuite import models
+from kdsuite.generation import evaluate_generation
+from kdsuite.losses.base import DistillationLoss, LossContext
+from kdsuite.losses.ce import CELoss
+from kdsuite.run import teacher_cache, tracking
+from kdsuite.run.assembly import Run, build_run, build_student, build_trainer
+from kdsuite.run.pruning import pruning_callbacks
+
+log = logging.getLogger(__name__)
+
+
+def fit(
+    run: Run,
+    model: PreTrainedModel,
+    loss: DistillationLoss,
+    teacher: PreTrainedModel | None,
+    args: TrainingArguments,
+    callbacks: list[TrainerCallback] = (),
+) -> dict[str, float]:
+    """Train `model` with `loss`, then score it on dev.
+
+    Returns the final dev metrics: the task's GLUE metrics and the task `loss` (the Trainer logs
+    them as `final/<name>`); on the causal-LM track, the validation loss and ROUGE-L of sampled
+    responses (`final/rougeL`, per seed too, and `generations.json`).
+    """
+    trainer = build_trainer(run, model, loss, teacher, args, [tracking.MlflowMetricsCallback(), *callbacks])
+    trainer.train()
+    final = trainer.evaluate(metric_key_prefix="final")
+    metrics = {name: final[f"final_{name}"] for name in (*run.task.metrics, "loss") if f"final_{name}" in final}
+    if run.data.generation is not None:
+        scores, samples = evaluate_generation(model, run.tokenizer, run.data.generation,
+                                              run.data.generation_settings)
+        tracking.log_generations(scores, samples)
+        metrics.update(scores)
+    return metrics
+
+
+def prepare_teacher(run: Run) -> teacher_cache.FineTunedTeacher:
+    """The fine-tuned teacher from the cache, or fine-tuned now in a `role=teacher` MLflow run."""
+    cfg = run.cfg
+    entry = teacher_cache.cache_entry(cfg)
+
+    def finetune(trainer_dir: Path):
+        run_name = f"teacher-{cfg.teacher.name}-{cfg.dataset.name}"
+        with tracking.tracked_run(run_name, tracking.teacher_tags(cfg)) as mlflow_run:
+            tracking.log_cache_key(entry.key)
+            set_seed(cfg.teacher.finetune.get("seed", cfg.seed))
+            model = models.load_pretrained_teacher(cfg.teacher, run.task)
+            run.teacher_args.output_dir = str(trainer_dir)
+            metrics = fit(run, model, CELoss(LossContext(run.task)), None, run.teacher_args)
+            tracking.log_final(run.task.main_metric, metrics)
+        log.info("teacher %s on %s: dev %s", cfg.teacher.name, cfg.dataset.name, metrics)
+        return model, run.tokenizer, metrics, mlflow_run.info.run_id
+
+    return teacher_cache.get_or_finetune(entry, models.auto_model_class(run.task), finetune)
+
+
+def train(cfg) -> float:
+    """Run one configured distillation and return its main dev metric."""
+    run = build_run(cfg)
+    tracking.configure(cfg.tracking)
+    teacher = prepare_teacher(run) if run.needs_teacher else None
+
+    tags = tracking.student_tags(cfg, run.loss.name, run.layer_pairs, teacher)
+    run_name = f"{run.loss.name}-{cfg.student.name}-{cfg.dataset.name}-s{cfg.seed}"
+    with tracking.tracked_run(run_name, tags, cfg, parent_run_id=cfg.tracking.get("parent_run_id")):
+        if teacher is not None:
+            tracking.log_teacher_metrics(teacher.metrics)
+        set_seed(cfg.seed)
+        student = build_student(run, teacher.model if teacher is not None else None)
+        tracking.log_model_size(models.count_parameters(student),
+                                models.count_parameters(student, trainable_only=True))
+        teacher_model = teacher.model if run.loss.needs_teacher else None
+        metrics = fit(run, student, run.loss, teacher_model, run.student_args,
+                      pruning_callbacks(cfg, run.task.main_metric))
+        if cfg.get("save_student"):
+            student.save_pretrained(run.out_dir / "student")
+            run.tokenizer.save_pretrained(run.out_dir / "student")
+        return tracking.log_final(run.task.main_metric, metrics)
