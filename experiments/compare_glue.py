@@ -31,7 +31,7 @@ from pathlib import Path
 
 import mlflow
 
-from kdsuite.results_table import (
+from kdsuite.reports.results_table import (
     RunResult, append_csv, build_table, finished_runs, pending, run_results, teacher_metrics, write_results,
 )
 from kdsuite.tasks import get_task

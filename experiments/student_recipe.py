@@ -22,7 +22,7 @@ from pathlib import Path
 
 import mlflow
 
-from kdsuite.results_table import (
+from kdsuite.reports.results_table import (
     build_table, finished_runs, loss_rank, recipe_point, recipe_table, run_results, teacher_metrics, write_results,
 )
 from kdsuite.tasks import get_task

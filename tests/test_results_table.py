@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from scipy.stats import ttest_rel
 
-from kdsuite.results_table import (
+from kdsuite.reports.results_table import (
     TABLE_MARKER, append_csv, build_table, finished_runs, paired_test, pending, read_csv, recipe_point,
     recipe_table, run_results, write_results,
 )
