@@ -31,8 +31,9 @@ from pathlib import Path
 
 import mlflow
 
-from kdsuite.results_table import (
-    RunResult, append_csv, build_table, finished_runs, pending, run_results, teacher_metrics, write_results,
+from kdsuite.reports.markdown import write_results
+from kdsuite.reports.results_table import (
+    RunResult, append_csv, build_table, finished_runs, pending, run_results, teacher_metrics,
 )
 from kdsuite.tasks import get_task
 
@@ -141,7 +142,8 @@ def main() -> None:
         figures.append(figure)
     links = "\n".join(f"![{f.stem}]({f.name})" for f in figures)
     markdown = args.results / f"{args.table}.md"
-    write_results(markdown, "python experiments/compare_glue.py " + " ".join(sys.argv[1:]), table + "\n" + links)
+    write_results(markdown, "\n" + table + "\n" + links + "\n",
+                  command="python experiments/compare_glue.py " + " ".join(sys.argv[1:]))
     with _comparison_run(client, args.experiment) as run_id:
         client.log_artifact(run_id, str(markdown))
         for figure in figures:

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import mlflow
 
-from kdsuite.results_table import (
-    build_table, finished_runs, loss_rank, recipe_point, recipe_table, run_results, teacher_metrics, write_results,
+from kdsuite.reports.markdown import loss_rank, write_results
+from kdsuite.reports.results_table import (
+    build_table, finished_runs, recipe_point, recipe_table, run_results, teacher_metrics,
 )
 from kdsuite.tasks import get_task
 
@@ -66,7 +67,8 @@ def main() -> None:
             names = {task: get_task(task).main_metric for task in args.tasks}
             table += (f"\nAt lr {lr:g}, the final dev score (after epoch {args.epochs}), mean +- sd over seeds, "
                       f"paired t-test against kd:\n\n" + build_table(results, teacher_metrics(same), args.tasks, losses, names))
-    write_results(args.results / "recipe.md", "python experiments/student_recipe.py " + " ".join(sys.argv[1:]), table)
+    write_results(args.results / "recipe.md", "\n" + table,
+                  command="python experiments/student_recipe.py " + " ".join(sys.argv[1:]))
     print(table)
 
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import mlflow
 
+from kdsuite.reports.markdown import markdown_table
+
 TERMS = ("ce", "kd", "traj", "delta")
 
 
@@ -36,20 +38,21 @@ def main() -> None:
         "ROUGE-L x100 (mean over sampling seeds, then each seed), validation loss (response-token CE), and the "
         "last logged training value of each loss term.",
         "",
-        "| run | role | model | loss | ROUGE-L | per seed | val loss | " + " | ".join(TERMS) + " |",
-        "|---|---|---|---|---|---|---|" + "---|" * len(TERMS),
     ]
+    rows = []
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
         seeds = sorted(key for key in metrics if key.startswith("final/rougeL_seed"))
         model = tags.get("student") or tags.get("teacher", "")
         terms = [f"{metrics[f'train/{term}']:.4f}" if f"train/{term}" in metrics else "-" for term in TERMS]
-        lines.append(
-            f"| {run.info.run_name} | {tags.get('role', '')} | {model} | {tags.get('variant') or tags.get('loss', 'ce (SFT)')} | "
-            f"{metrics.get('final/rougeL', float('nan')) * 100:.2f} | "
-            f"{', '.join(f'{metrics[key] * 100:.2f}' for key in seeds)} | {metrics.get('final/loss', float('nan')):.3f} | "
-            + " | ".join(terms) + " |"
-        )
+        rows.append([
+            run.info.run_name, tags.get("role", ""), model, tags.get("variant") or tags.get("loss", "ce (SFT)"),
+            f"{metrics.get('final/rougeL', float('nan')) * 100:.2f}",
+            ", ".join(f"{metrics[key] * 100:.2f}" for key in seeds), f"{metrics.get('final/loss', float('nan')):.3f}",
+            *terms,
+        ])
+    header = ["run", "role", "model", "loss", "ROUGE-L", "per seed", "val loss", *TERMS]
+    lines += markdown_table(header, rows).splitlines()
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

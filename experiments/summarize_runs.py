@@ -5,7 +5,8 @@
 
 One row per run (teachers first): what ran, its final dev metrics, and the command that ran it
 (rebuilt from the run's logged Hydra overrides). If the output file holds the line
-`<!-- table -->`, the text above it is kept and everything below is regenerated.
+`<!-- table -->`, the text above it is kept and everything below is regenerated; a new file
+gets a title and that line above the table.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ import yaml
 
 from kdsuite.data.glue import load_split
 from kdsuite.metrics import glue_metrics
+from kdsuite.reports.markdown import loss_rank, markdown_table, write_results
 from kdsuite.tasks import get_task
 
 ROLE_ORDER = {"teacher": 0, "student": 1}
-MARKER = "<!-- table -->"
-LOSS_ORDER = {"ce": 0, "kd": 1, "fdd": 2, "codir": 3}
 
 
 def command_of(client: mlflow.MlflowClient, run) -> str:
@@ -51,12 +51,10 @@ def summarize(tracking_uri: str, experiments: list[str]) -> str:
     every_run = client.search_runs(ids)
     finished = [run for run in every_run if run.info.status == "FINISHED" and run.data.tags.get("role") in ROLE_ORDER]
     finished.sort(key=lambda run: (ROLE_ORDER.get(run.data.tags.get("role"), 2), run.data.tags.get("dataset", ""),
-                                   run.data.tags.get("student", ""), LOSS_ORDER.get(run.data.tags.get("loss"), 9),
+                                   run.data.tags.get("student", ""), loss_rank(run.data.tags.get("loss", "")),
                                    run.info.start_time))
-    lines = [
-        "| role | dataset | teacher | student | loss | seed | main metric | dev metrics | command |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
+    header = ["role", "dataset", "teacher", "student", "loss", "seed", "main metric", "dev metrics", "command"]
+    rows = []
     for run in finished:
         tags, metrics = run.data.tags, run.data.metrics
         dev = ", ".join(
@@ -64,33 +62,34 @@ def summarize(tracking_uri: str, experiments: list[str]) -> str:
             for name in get_task(tags["dataset"]).metrics
             if f"final/{name}" in metrics
         )
-        lines.append(
-            f"| {tags.get('role', '')} | {tags.get('dataset', '')} | {tags.get('teacher', '')} "
-            f"| {tags.get('student', '-')} | {tags.get('loss', 'ce (fine-tune)')} | {tags.get('seed', '-')} "
-            f"| {tags.get('main_metric', '')} {metrics.get('final_metric', float('nan')) * 100:.2f} "
-            f"| {dev} | {command_of(client, run)} |"
-        )
+        rows.append([
+            tags.get("role", ""), tags.get("dataset", ""), tags.get("teacher", ""), tags.get("student", "-"),
+            tags.get("loss", "ce (fine-tune)"), tags.get("seed", "-"),
+            f"{tags.get('main_metric', '')} {metrics.get('final_metric', float('nan')) * 100:.2f}", dev,
+            command_of(client, run),
+        ])
     for dataset in sorted({run.data.tags.get("dataset") for run in finished} - {None}):
-        lines.append(majority_row(dataset))
+        rows.append(majority_row(dataset))
+    lines = markdown_table(header, rows).splitlines()
     for sweep in (run for run in every_run if run.data.tags.get("role") == "sweep"):
         lines += ["", *sweep_section(client, sweep)]
     return "\n".join(lines) + "\n"
 
 
-def majority_row(dataset: str) -> str:
-    """The dev metrics of always predicting the most frequent train label (reference row)."""
+def majority_row(dataset: str) -> list[str]:
+    """The dev metrics of always predicting the most frequent train label (reference row's cells)."""
     task = get_task(dataset)
     data_dir = os.environ.get("GLUE_DIR")
     if task.is_regression or not data_dir:
-        return f"| baseline | {dataset} | - | - | majority class | - | (needs GLUE_DIR) | | |"
+        return ["baseline", dataset, "-", "-", "majority class", "-", "(needs GLUE_DIR)", "", ""]
     majority = Counter(load_split(task, "train", data_dir).labels).most_common(1)[0][0]
     labels = np.array(load_split(task, "validation", data_dir).labels)
     logits = np.zeros((len(labels), task.num_labels))
     logits[:, majority] = 1.0
     metrics = glue_metrics(task, logits, labels)
     dev = ", ".join(f"{name} {value * 100:.2f}" for name, value in metrics.items())
-    return (f"| baseline | {dataset} | - | - | majority class | - | {task.main_metric} "
-            f"{metrics[task.main_metric] * 100:.2f} | {dev} | always predict train label {majority} |")
+    return ["baseline", dataset, "-", "-", "majority class", "-",
+            f"{task.main_metric} {metrics[task.main_metric] * 100:.2f}", dev, f"always predict train label {majority}"]
 
 
 def sweep_section(client: mlflow.MlflowClient, sweep) -> list[str]:
@@ -118,9 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     table = summarize(args.tracking_uri, args.experiment)
     if args.out:
-        existing = args.out.read_text() if args.out.exists() else ""
-        header = existing.split(MARKER)[0] + MARKER + "\n" if MARKER in existing else ""
-        args.out.write_text(header + table)
+        write_results(args.out, table)
     print(table)
 
 

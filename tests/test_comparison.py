@@ -10,7 +10,7 @@ import mlflow
 import pytest
 
 from conftest import REPO
-from kdsuite.comparison import summary_markdown, summary_rows
+from kdsuite.reports.comparison import summary_markdown, summary_rows
 
 
 def fake_run(loss, value, dataset="mrpc"):

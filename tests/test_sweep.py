@@ -24,7 +24,9 @@ def sweep(tmp_path, glue_dir, *overrides):
         f"dataset.data_dir={glue_dir}", f"cache_dir={tmp_path / 'cache'}",
         f"hydra.sweep.dir={tmp_path / 'multirun'}",
     ]
-    env = {**os.environ, "PYTHONPATH": str(REPO / "tests")}
+    # tests/ for the failing losses, then whatever PYTHONPATH already names (a worktree's src/)
+    paths = [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
     result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
     return result

@@ -30,7 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
-from kdsuite import sweep_report
+from kdsuite.reports import sweep_report
 
 log = logging.getLogger(__name__)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import optuna
 
+from kdsuite.reports.markdown import markdown_table
+
 log = logging.getLogger(__name__)
 
 
@@ -25,7 +27,8 @@ def trial_rows(study: optuna.Study, run_ids: dict[int, str] | None = None) -> li
     return rows
 
 
-def markdown_table(rows: list[dict[str, object]]) -> str:
+def trials_markdown(rows: list[dict[str, object]]) -> str:
+    """The trial rows as a Markdown table: floats to 4 significant digits, None as an empty cell."""
     if not rows:
         return "(no trials)\n"
     header = list(rows[0])
@@ -33,9 +36,7 @@ def markdown_table(rows: list[dict[str, object]]) -> str:
     def cell(value: object) -> str:
         return f"{value:.4g}" if isinstance(value, float) else ("" if value is None else str(value))
 
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell(row[key]) for key in header) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return markdown_table(header, [[cell(row[key]) for key in header] for row in rows])
 
 
 def write_table(rows: list[dict[str, object]], folder: Path) -> list[Path]:
@@ -45,7 +46,7 @@ def write_table(rows: list[dict[str, object]], folder: Path) -> list[Path]:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["trial"])
         writer.writeheader()
         writer.writerows(rows)
-    md_path.write_text(markdown_table(rows))
+    md_path.write_text(trials_markdown(rows))
     return [csv_path, md_path]
 
 

@@ -16,6 +16,8 @@ import mlflow
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from kdsuite.reports.markdown import markdown_table
+
 
 def summary_rows(runs) -> list[dict[str, object]]:
     """Per (dataset, student, loss): number of runs, mean and sample sd of `final_metric`."""
@@ -34,13 +36,12 @@ def summary_rows(runs) -> list[dict[str, object]]:
 
 
 def summary_markdown(rows: list[dict[str, object]], metric: str) -> str:
-    lines = [f"| dataset | student | loss | runs | {metric} mean +- sd |", "|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(
-            f"| {row['dataset']} | {row['student']} | {row['loss']} | {row['n']} "
-            f"| {row['mean'] * 100:.2f} +- {row['sd'] * 100:.2f} |"
-        )
-    return "\n".join(lines) + "\n"
+    """The summary rows as a Markdown table, mean and sd x100."""
+    return markdown_table(
+        ["dataset", "student", "loss", "runs", f"{metric} mean +- sd"],
+        [[row["dataset"], row["student"], row["loss"], str(row["n"]),
+          f"{row['mean'] * 100:.2f} +- {row['sd'] * 100:.2f}"] for row in rows],
+    )
 
 
 class ComparisonSummary(Callback):
