@@ -11,6 +11,7 @@ from kdsuite.losses.base import LossContext
 from kdsuite.losses.codir import (
     CoDIRLoss, NegativeSampler, bank_init_range, info_nce, init_memory_bank, update_memory_bank,
 )
+from kdsuite.losses.kd import KDLoss
 from kdsuite.tasks import get_task
 
 
@@ -148,10 +149,33 @@ def test_crd_nce_fixes_its_normalisers_at_the_first_batch():
     [
         ({"objective": "simclr"}, "loss.objective='simclr' is not one of"),
         ({"pooling": "max"}, "loss.pooling='max' is not one of"),
-        ({"beta": 1.5}, "loss.beta=1.5"),
+        ({"alpha": 1.5}, "loss.alpha=1.5"),
         ({"tau": 0.0}, "tau > 0"),
     ],
 )
 def test_bad_settings_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         CoDIRLoss(context([0, 1]), **kwargs)
+
+
+def test_alpha_weighs_ce_against_kd_as_in_kd():
+    torch.manual_seed(0)
+    hidden = [torch.randn(3, 5, 8) for _ in range(5)]
+    student, teacher = fake_out(hidden, torch.randn(3, 2)), fake_out(hidden, torch.randn(3, 2))
+    batch = {"labels": torch.tensor([0, 1, 0]), "attention_mask": torch.ones(3, 5), "example_index": torch.arange(3)}
+    loss = CoDIRLoss(context([0, 1, 0, 1]), alpha=0.2, temperature=3.0, lambda_crd=0.5, num_negatives=2).eval()
+    terms = loss(student, teacher, batch)
+    kd = KDLoss(context([0, 1, 0, 1]), alpha=0.2, temperature=3.0)(student, teacher, batch)
+    assert terms["ce"].item() == kd["ce"].item() and terms["kd"].item() == kd["kd"].item()
+    assert terms["loss"].item() == pytest.approx((kd["loss"] + 0.5 * terms["crd"]).item(), rel=1e-6)
+
+
+def test_the_old_weight_name_beta_is_refused(make_config):
+    from hydra.errors import ConfigCompositionException
+    from hydra.utils import instantiate
+
+    with pytest.raises(ConfigCompositionException, match="loss.beta"):
+        make_config("loss=codir", "loss.beta=0.3")
+    cfg = make_config("loss=codir", "+loss.beta=0.3")
+    with pytest.raises(TypeError, match="'beta'"):
+        instantiate(cfg.loss)(context=context([0, 1]))

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from kdsuite.losses.base import LossContext
-from kdsuite.losses.fdd import FDDLoss, delta_term, trajectory_term
+from kdsuite.losses.fdd import FDDLoss, delta_term, fdd_terms, trajectory_term
+from kdsuite.losses.kd import KDLoss
 from kdsuite.tasks import get_task
 
 
@@ -144,3 +145,51 @@ def test_bad_settings_are_refused(kwargs, ctx, message):
 def test_single_pair_without_delta_is_allowed():
     loss = FDDLoss(context(pairs=[(1, 3)]), beta_delta=0.0)
     assert loss.layer_pairs == [(1, 3)]
+
+
+def test_single_pair_logs_no_delta_term():
+    torch.manual_seed(4)
+    hidden = [torch.randn(2, 3, 2) for _ in range(4)]
+    student = output([h.tolist() for h in hidden], [[0.0, 1.0], [1.0, 0.0]])
+    teacher = output([(h + 0.1).tolist() for h in hidden], [[1.0, 0.0]] * 2)
+    batch = {"labels": torch.tensor([0, 1]), "attention_mask": torch.ones(2, 3)}
+    terms = FDDLoss(context(pairs=[(1, 3)]), beta_delta=0.0, alpha_traj=2.0)(student, teacher, batch)
+    assert set(terms) == {"ce", "kd", "traj", "loss"}
+    kd = KDLoss(context(pairs=[(1, 3)]))(student, teacher, batch)
+    assert terms["loss"].item() == pytest.approx((kd["loss"] + 2.0 * terms["traj"]).item(), rel=1e-6)
+
+
+def test_fdd_terms_adds_the_weighted_dynamics_to_the_kd_total():
+    logit_terms = {"ce": torch.tensor(0.75), "kd": torch.tensor(0.25), "loss": torch.tensor(0.5)}
+    terms = fdd_terms(logit_terms, torch.tensor(2.0), torch.tensor(0.25), alpha_traj=0.5, beta_delta=4.0)
+    assert {name: value.item() for name, value in terms.items()} == {
+        "ce": 0.75, "kd": 0.25, "traj": 2.0, "delta": 0.25, "loss": 0.5 + 0.5 * 2.0 + 4.0 * 0.25
+    }
+    without_delta = fdd_terms(logit_terms, torch.tensor(2.0), None, alpha_traj=0.5, beta_delta=4.0)
+    assert "delta" not in without_delta and without_delta["loss"].item() == pytest.approx(1.5)
+    assert logit_terms["loss"].item() == 0.5  # the KD terms it was given are left as they were
+
+
+def test_l_kd_is_the_kd_loss_with_the_same_settings():
+    torch.manual_seed(5)
+    hidden = [torch.randn(3, 4, 2) for _ in range(3)]
+    student = output([h.tolist() for h in hidden], torch.randn(3, 2).tolist())
+    teacher = output([(h * 2).tolist() for h in hidden], torch.randn(3, 2).tolist())
+    batch = {"labels": torch.tensor([0, 1, 1]), "attention_mask": torch.ones(3, 4)}
+    fdd = FDDLoss(context(), alpha=0.3, temperature=4.0)(student, teacher, batch)
+    kd = KDLoss(context(), alpha=0.3, temperature=4.0)(student, teacher, batch)
+    assert fdd["ce"].item() == kd["ce"].item() and fdd["kd"].item() == kd["kd"].item()
+    assert fdd["loss"].item() == pytest.approx((kd["loss"] + fdd["traj"] + fdd["delta"]).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"alpha": 1.5}, "loss.alpha=1.5"),
+        ({"temperature": 0.0}, "loss.temperature=0.0"),
+        ({"divergence": "reverse_kl"}, "defined for causal LMs"),
+    ],
+)
+def test_bad_kd_settings_are_refused_as_kd_refuses_them(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FDDLoss(context(), **kwargs)

@@ -1,6 +1,9 @@
 """`codir`: contrastive distillation on intermediate representations (Sun et al., EMNLP 2020).
 
-    L = (1 - beta) * CE + beta * T^2 * KL(p_T || p_S) + lambda_crd * L_crd
+    L = (1 - alpha) * CE + alpha * T^2 * KL(p_T || p_S) + lambda_crd * L_crd
+
+The first two terms are `kd`'s loss (`CoDIRLoss` extends `KDLoss`); the paper calls their mixing
+weight beta, here it is `alpha` as in `kd` and `fdd`, so one key means one thing in every family.
 
 Representations: for each mapped pair, the layer's hidden states pooled per example (`mean` over
 non-padding tokens, the paper's; or `cls`, the released code's), concatenated over pairs, mapped
@@ -39,10 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsuite.losses.base import (
-    DistillationLoss, LossContext, check_choice, check_temperature, check_weight,
-)
-from kdsuite.losses.kd import kd_terms
+from kdsuite.losses.base import LossContext, check_choice
+from kdsuite.losses.kd import KDLoss
 
 POOLINGS = ("mean", "cls")
 NEGATIVES = ("label_aware", "random")
@@ -138,8 +139,11 @@ class NegativeSampler(nn.Module):
         return drawn + (drawn >= example_index.unsqueeze(1)).long()  # skip the anchor itself
 
 
-class CoDIRLoss(DistillationLoss):
-    """Contrastive distillation on intermediate representations; see the module docstring."""
+class CoDIRLoss(KDLoss):
+    """Contrastive distillation on intermediate representations; see the module docstring.
+
+    `alpha` and `temperature` are L_KD's, held and checked by `KDLoss`.
+    """
 
     name = "codir"
     needs_hidden_states = True
@@ -147,7 +151,7 @@ class CoDIRLoss(DistillationLoss):
     def __init__(
         self,
         context: LossContext,
-        beta: float = 0.5,
+        alpha: float = 0.5,
         temperature: float = 2.0,
         lambda_crd: float = 0.1,
         pooling: str = "mean",
@@ -159,24 +163,21 @@ class CoDIRLoss(DistillationLoss):
         symmetric: bool = False,
         momentum: float = 0.5,
     ):
-        super().__init__(context)
-        if self.is_causal_lm:
+        if context.task.is_causal_lm:
             raise ValueError(
                 f"codir contrasts per-example representations of labelled examples; task "
                 f"{context.task.name!r} trains causal LMs: use loss=ce, kd or fdd there"
             )
+        super().__init__(context, alpha, temperature)
         check_choice("pooling", pooling, POOLINGS)
         check_choice("negatives", negatives, NEGATIVES)
         check_choice("objective", objective, OBJECTIVES)
-        check_weight("beta", beta)
-        check_temperature(temperature)
         if lambda_crd < 0 or tau <= 0 or num_negatives < 1 or not 0.0 <= momentum < 1.0:
             raise ValueError(
                 f"codir needs lambda_crd >= 0, tau > 0, num_negatives >= 1 and momentum in [0, 1): "
                 f"got {lambda_crd}, {tau}, {num_negatives}, {momentum}"
             )
-        self.beta, self.temperature, self.lambda_crd = beta, temperature, lambda_crd
-        self.pooling, self.objective, self.tau = pooling, objective, tau
+        self.lambda_crd, self.pooling, self.objective, self.tau = lambda_crd, pooling, objective, tau
         self.symmetric, self.momentum = symmetric, momentum
         self.layer_pairs = list(context.layer_pairs)
         pairs = len(self.layer_pairs)
@@ -209,10 +210,7 @@ class CoDIRLoss(DistillationLoss):
         return nce_loss(raw_student / self.nce_norms[0], num_data) + nce_loss(raw_teacher / self.nce_norms[1], num_data)
 
     def forward(self, student_out, teacher_out, batch) -> dict[str, torch.Tensor]:
-        kd = kd_terms(
-            student_out.logits, teacher_out.logits, batch["labels"],
-            self.beta, self.temperature, self.is_regression,
-        )
+        logit_terms = super().forward(student_out, teacher_out, batch)
         mask = batch["attention_mask"]
         z_student = self.embed(student_out, [s for s, _ in self.layer_pairs], self.student_head, mask)
         z_teacher = self.embed(teacher_out, [t for _, t in self.layer_pairs], self.teacher_head, mask)
@@ -221,4 +219,4 @@ class CoDIRLoss(DistillationLoss):
         if self.training:
             update_memory_bank(self.student_bank, index, z_student, self.momentum)
             update_memory_bank(self.teacher_bank, index, z_teacher, self.momentum)
-        return {"ce": kd["ce"], "kd": kd["kd"], "crd": crd, "loss": kd["loss"] + self.lambda_crd * crd}
+        return {**logit_terms, "crd": crd, "loss": logit_terms["loss"] + self.lambda_crd * crd}

@@ -22,35 +22,36 @@ Choices made where the paper is silent (encoder setting; the paper only runs cau
 - Reductions: per token over features, masked mean over tokens of each example, mean over the
   batch, mean over pairs (traj) or consecutive pairs (delta). cos uses eps = 1e-8.
 - With a single pair the delta term is undefined: `beta_delta > 0` then fails at construction.
-- L_KD is `kd_terms` with this loss's `alpha` and `temperature` (so `alpha=0` reduces L_KD to CE).
+- L_KD is `kd`'s loss with this loss's `alpha`, `temperature`, `divergence`, `skew` and
+  `chunk_size` (`FDDLoss` extends `KDLoss`, which holds and checks them; `alpha=0` reduces L_KD
+  to CE).
 - `space=logit_lens` (the paper's own, for causal LMs) is refused for sequence classifiers.
 - `space=auto` (the default) is `hidden` for classifiers and `logit_lens` for causal LMs.
 
 Causal-LM track (`space=logit_lens`, `losses/logit_lens.py`): f(l) = log_softmax(head(norm(h_l)))
 with each model's own final norm and LM head, D = forward KL(teacher || student) per response
 token, the delta cosine over the vocabulary; fp32, in chunks of `chunk_size` tokens. L_KD is the
-token-level KD of `kd.py` with this loss's `divergence`/`skew` (forward KL by default; the causal
-presets set `temperature: 1`). All terms are means over response tokens. `hidden` and `head`
-are not offered on causal LMs (the paper reports LM-head decoding beats a learned projection).
+token-level KD of `kd.py` (forward KL by default; the causal presets set `temperature: 1`). All
+terms are means over response tokens. `hidden` and `head` are not offered on causal LMs (the paper
+reports LM-head decoding beats a learned projection).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdsuite.losses.base import (
-    DistillationLoss, LossContext, check_choice, check_temperature, check_weight,
-)
-from kdsuite.losses.kd import causal_kd_terms, check_divergence, kd_terms
-from kdsuite.losses.logit_lens import LogitLens, logit_lens_terms
+from kdsuite.losses.base import LossContext, check_choice
+from kdsuite.losses.kd import KDLoss
+from kdsuite.losses.logit_lens import COSINE_EPS, LogitLens, logit_lens_terms
 from kdsuite.mapping import LayerPairs
 
 SPACES = ("auto", "hidden", "head", "logit_lens")
 TOKENS = ("all", "cls")
 PROJECTIONS = ("auto", "none")
-COSINE_EPS = 1e-8
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -86,8 +87,11 @@ def delta_term(
 ) -> torch.Tensor:
     """`mean_{j>=2} 1 - cos(f_T(t_j) - f_T(t_{j-1}), f_S(s_j) - f_S(s_{j-1}))` over tokens.
 
-    0 for parallel changes of any positive scale, 2 for opposite ones.
+    0 for parallel changes of any positive scale, 2 for opposite ones; 0 (not computed) with a
+    single pair, where no change exists.
     """
+    if len(teacher_features) < 2:
+        return torch.zeros((), device=teacher_features[0].device)
     per_step = []
     for j in range(1, len(teacher_features)):
         teacher_delta = teacher_features[j] - teacher_features[j - 1]  # (B, L, d_T)
@@ -95,6 +99,27 @@ def delta_term(
         cosine = F.cosine_similarity(teacher_delta, student_delta, dim=-1, eps=COSINE_EPS)  # (B, L)
         per_step.append(masked_mean(1.0 - cosine, mask))
     return torch.stack(per_step).mean()
+
+
+def fdd_terms(
+    logit_terms: dict[str, torch.Tensor],
+    traj: torch.Tensor,
+    delta: torch.Tensor | None,
+    alpha_traj: float,
+    beta_delta: float,
+) -> dict[str, torch.Tensor]:
+    """`L = L_KD + alpha_traj * L_traj + beta_delta * L_delta`, L_KD being `logit_terms["loss"]`.
+
+    Returns the KD terms (`ce`, `kd`), `traj`, `delta` and the total `loss`. `delta` is None
+    where it is undefined (a single layer pair): it is then neither added nor returned.
+    """
+    terms = {**logit_terms, "traj": traj}
+    total = logit_terms["loss"] + alpha_traj * traj
+    if delta is not None:
+        terms["delta"] = delta
+        total = total + beta_delta * delta
+    terms["loss"] = total
+    return terms
 
 
 def classifier_head(model: nn.Module):
@@ -109,8 +134,13 @@ def classifier_head(model: nn.Module):
     return lambda hidden: model.classifier(hidden)
 
 
-class FDDLoss(DistillationLoss):
-    """Feature dynamics distillation; see the module docstring for the equations and choices."""
+class FDDLoss(KDLoss):
+    """Feature dynamics distillation; see the module docstring for the equations and choices.
+
+    L_KD is `KDLoss`'s, which this class extends: `kd_settings` are its `alpha`, `temperature`,
+    `divergence`, `skew` and `chunk_size`, with its defaults and checks (`chunk_size` also
+    bounds the logit-lens terms).
+    """
 
     name = "fdd"
     needs_hidden_states = True
@@ -124,17 +154,12 @@ class FDDLoss(DistillationLoss):
         space: str = "auto",
         tokens: str = "all",
         projection: str = "auto",
-        alpha: float = 0.5,
-        temperature: float = 2.0,
-        divergence: str = "forward_kl",
-        skew: float = 0.1,
-        chunk_size: int = 256,
+        **kd_settings: Any,
     ):
-        super().__init__(context)
+        super().__init__(context, **kd_settings)
         check_choice("space", space, SPACES)
         check_choice("tokens", tokens, TOKENS)
         check_choice("projection", projection, PROJECTIONS)
-        check_divergence(divergence, skew)
         if space == "auto":
             space = "logit_lens" if self.is_causal_lm else "hidden"
         if space == "logit_lens" and not self.is_causal_lm:
@@ -154,12 +179,8 @@ class FDDLoss(DistillationLoss):
                 f"fdd's delta term needs at least 2 layer pairs, the mapping gives "
                 f"{context.layer_pairs}: choose a mapping with more pairs or set loss.beta_delta=0"
             )
-        check_weight("alpha", alpha)
-        check_temperature(temperature)
         self.alpha_traj, self.beta_delta = alpha_traj, beta_delta
         self.space, self.tokens = space, tokens
-        self.alpha, self.temperature = alpha, temperature
-        self.divergence, self.skew, self.chunk_size = divergence, skew, chunk_size
         self.layer_pairs: LayerPairs = list(context.layer_pairs)
         self.projection = self._projection(context, space, projection)
         self._heads = None  # (student_head, teacher_head) for space=head, set by bind_models
@@ -184,7 +205,7 @@ class FDDLoss(DistillationLoss):
             self._lenses = (LogitLens(student), LogitLens(teacher))
 
     def features(self, student_out, teacher_out, mask):
-        """Per pair: (teacher features, student features, token mask) in the chosen space."""
+        """Per pair: (teacher features, student features, token mask) in the `hidden` or `head` space."""
         student_hidden = [student_out.hidden_states[s] for s, _ in self.layer_pairs]  # K x (B, L, d_S)
         teacher_hidden = [teacher_out.hidden_states[t] for _, t in self.layer_pairs]  # K x (B, L, d_T)
         if self.space == "head":
@@ -204,39 +225,21 @@ class FDDLoss(DistillationLoss):
         student_feats = [self.projection(h.float()) for h in student_hidden]  # K x (B, L, d_T)
         return [h.float() for h in teacher_hidden], student_feats, mask
 
-    def forward(self, student_out, teacher_out, batch) -> dict[str, torch.Tensor]:
+    def dynamics(self, student_out, teacher_out, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_traj, L_delta) in the chosen space; L_delta is 0 with a single pair."""
         if self.space == "logit_lens":
-            return self._causal_forward(student_out, teacher_out, batch["labels"])
-        terms = kd_terms(
-            student_out.logits, teacher_out.logits, batch["labels"],
-            self.alpha, self.temperature, self.is_regression,
-        )
+            student_lens, teacher_lens = self._lenses
+            return logit_lens_terms(
+                student_lens, teacher_lens, self.layer_pairs, student_out.hidden_states,
+                teacher_out.hidden_states, batch["labels"], self.chunk_size,
+            )
         teacher_feats, student_feats, mask = self.features(student_out, teacher_out, batch["attention_mask"])
         distance = "kl" if self.space == "head" and not self.is_regression else "mse"
         traj = trajectory_term(teacher_feats, student_feats, mask, distance)
-        terms["traj"] = traj
-        total = terms["loss"] + self.alpha_traj * traj
-        if len(self.layer_pairs) > 1:
-            delta = delta_term(teacher_feats, student_feats, mask)
-            terms["delta"] = delta
-            total = total + self.beta_delta * delta
-        terms["loss"] = total
-        return terms
+        return traj, delta_term(teacher_feats, student_feats, mask)
 
-    def _causal_forward(self, student_out, teacher_out, labels) -> dict[str, torch.Tensor]:
-        terms = causal_kd_terms(
-            student_out.logits, teacher_out.logits, labels, self.alpha, self.temperature,
-            self.divergence, self.skew, self.chunk_size,
-        )
-        student_lens, teacher_lens = self._lenses
-        traj, delta = logit_lens_terms(
-            student_lens, teacher_lens, self.layer_pairs, student_out.hidden_states,
-            teacher_out.hidden_states, labels, self.chunk_size,
-        )
-        terms["traj"] = traj
-        total = terms["loss"] + self.alpha_traj * traj
-        if len(self.layer_pairs) > 1:
-            terms["delta"] = delta
-            total = total + self.beta_delta * delta
-        terms["loss"] = total
-        return terms
+    def forward(self, student_out, teacher_out, batch) -> dict[str, torch.Tensor]:
+        logit_terms = super().forward(student_out, teacher_out, batch)
+        traj, delta = self.dynamics(student_out, teacher_out, batch)
+        has_delta = len(self.layer_pairs) > 1
+        return fdd_terms(logit_terms, traj, delta if has_delta else None, self.alpha_traj, self.beta_delta)

@@ -79,7 +79,8 @@ class KDLoss(DistillationLoss):
     """Hinton KD. Defaults `alpha = 0.5`, `T = 2` (CoDIR's GLUE script); see `kd_terms`.
 
     `divergence`, `skew` and `chunk_size` apply to causal LMs (see the module docstring); on
-    classifiers only `forward_kl` (Hinton's) is defined and anything else is refused.
+    classifiers only `forward_kl` (Hinton's) is defined and anything else is refused. `fdd` and
+    `codir` extend this class: their L_KD is this loss's total, with the same settings and checks.
     """
 
     name = "kd"
