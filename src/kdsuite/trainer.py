@@ -1,7 +1,8 @@
 """The `transformers.Trainer` subclass that distils: it only wires things together.
 
-Per step: one student forward, at most one teacher forward (no grad, eval mode, same device,
-hidden states and logits from that single call), one call of the loss, and the bookkeeping that
+Per step: one student forward, at most one teacher forward (no grad, eval mode, same device, at
+the training precision, hidden states and logits from that single call) or, with a teacher-output
+cache, the batch's cached teacher outputs instead, one call of the loss, and the bookkeeping that
 lets every loss term reach the logs. Mixed precision, gradient accumulation, checkpointing,
 torch.compile and DDP are the Trainer's own.
 """
@@ -70,14 +71,15 @@ class DistillationTrainer(Trainer):
     # compute_loss normalises by the whole accumulated batch itself (see `_scale_for_accumulation`)
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, distillation_loss: DistillationLoss, teacher=None, **kwargs):
+    def __init__(self, *args, distillation_loss: DistillationLoss, teacher=None, teacher_outputs=None, **kwargs):
         super().__init__(*args, **kwargs)
-        if distillation_loss.needs_teacher and teacher is None:
+        if distillation_loss.needs_teacher and teacher is None and teacher_outputs is None:
             raise ValueError(f"loss {distillation_loss.name!r} needs a teacher, none was given")
         self.distillation_loss = distillation_loss
         self.teacher = teacher
+        self.teacher_outputs = teacher_outputs  # a TeacherOutputStore: no teacher forward at all
         if teacher is not None:
-            teacher.to(self.args.device).eval().requires_grad_(False)
+            teacher.to(self.args.device, dtype=training_dtype(self.args)).eval().requires_grad_(False)
         self._window_terms = TermAverager()
         self._epoch_terms = TermAverager()
         self.add_callback(_LogEpochTerms(self))
@@ -86,16 +88,25 @@ class DistillationTrainer(Trainer):
         loss_fn = self.distillation_loss
         features = model_inputs(inputs)
         student_out = model(**features, output_hidden_states=loss_fn.needs_hidden_states)
-        teacher_out = None
-        if loss_fn.needs_teacher:
-            with torch.no_grad():
-                teacher_out = self.teacher(**features, output_hidden_states=loss_fn.needs_hidden_states)
+        teacher_out = self.teacher_forward(features, inputs) if loss_fn.needs_teacher else None
         terms = loss_fn(student_out, teacher_out, inputs)
         logged_terms = {name: value for name, value in terms.items() if name != "loss"}
         self._window_terms.add(logged_terms)
         self._epoch_terms.add(logged_terms)
         loss = self._scale_for_accumulation(terms["loss"], inputs["labels"], num_items_in_batch)
         return (loss, student_out) if return_outputs else loss
+
+    def teacher_forward(self, features: dict, inputs: dict):
+        """The teacher's outputs on this batch: read back from the output cache, or one forward.
+
+        The live teacher holds its weights at the training precision (cast once in `__init__`),
+        so under bf16/fp16 it runs in that precision without autocast; the losses upcast to fp32
+        where their math needs it.
+        """
+        if self.teacher_outputs is not None:
+            return self.teacher_outputs.batch_outputs(inputs)
+        with torch.no_grad():
+            return self.teacher(**features, output_hidden_states=self.distillation_loss.needs_hidden_states)
 
     def _scale_for_accumulation(self, loss, labels, num_items_in_batch):
         """Per-example mean of this micro-batch -> its share of the accumulated batch's mean.
@@ -146,6 +157,18 @@ class DistillationTrainer(Trainer):
                 f"non-finite loss at step {self.state.global_step}: {bad} (all terms: {terms}); "
                 f"lower trainer.learning_rate or check the loss weights and inputs"
             )
+
+
+def training_dtype(args: TrainingArguments) -> torch.dtype:
+    """The precision a run computes in: bf16 or fp16 when mixed precision is on, else fp32.
+
+    The teacher is cast to it (a frozen model gains nothing from fp32 master weights): under
+    autocast its fp32 weights would be re-cast at every forward, since autocast caches casts of
+    trainable weights only.
+    """
+    if args.bf16:
+        return torch.bfloat16
+    return torch.float16 if args.fp16 else torch.float32
 
 
 def resolve_bf16(value) -> bool:

@@ -15,6 +15,7 @@ chunk at a time, so peak memory grows with `chunk_size x V`, not with `N x V`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -91,6 +92,38 @@ def chunked_sum(
     return total
 
 
+@dataclass
+class TopKLogProbs:
+    """A teacher distribution kept as its top k tokens plus one tail bucket, per response token.
+
+    `log_probs` (N, k) are the k largest log-probabilities (at the loss's temperature), `ids`
+    (N, k) their tokens, `tail` (N,) the log of the mass of all other tokens. Rows are the
+    response tokens of the batch in `response_positions` order. Divergences against it are
+    taken over the k + 1 buckets, the student's tail being its mass outside the k ids.
+    """
+
+    log_probs: torch.Tensor
+    ids: torch.Tensor
+    tail: torch.Tensor
+
+    @staticmethod
+    def tail_of(top_log_probs: torch.Tensor) -> torch.Tensor:
+        """log(1 - sum exp(top_log_probs)) per row, clamped at the smallest positive fp32."""
+        kept = torch.logsumexp(top_log_probs.float(), dim=-1)  # (N,)
+        return torch.log(-torch.expm1(kept).clamp(min=torch.finfo(torch.float32).tiny))
+
+    def buckets(self) -> torch.Tensor:
+        """(N, k + 1) log-probabilities of the top-k buckets and the tail."""
+        return torch.cat([self.log_probs.float(), self.tail.float().unsqueeze(-1)], dim=-1)
+
+
+def bucket_log_probs(log_probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """(N, V) log-probabilities -> (N, k + 1): those of `ids` (N, k), then the log of the rest."""
+    top = log_probs.gather(-1, ids)  # (N, k)
+    rest = log_probs.scatter(-1, ids, float("-inf"))  # (N, V), the top-k masked out
+    return torch.cat([top, torch.logsumexp(rest, dim=-1, keepdim=True)], dim=-1)
+
+
 def causal_kd(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -105,6 +138,9 @@ def causal_kd(
     count = int(positions.sum())
     if count == 0:
         return student_logits.sum() * 0.0
+    if isinstance(teacher_logits, TopKLogProbs):
+        return temperature**2 * topk_kd_sum(student_logits[positions], teacher_logits, divergence, temperature,
+                                            skew, chunk_size) / count
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
         raise ValueError(
             f"student predicts {student_logits.shape[-1]} tokens, the teacher {teacher_logits.shape[-1]}: "
@@ -118,3 +154,18 @@ def causal_kd(
 
     total = chunked_sum(per_chunk, (student_logits[positions], teacher_logits[positions].detach()), chunk_size)
     return temperature**2 * total / count
+
+
+def topk_kd_sum(
+    student_logits: torch.Tensor, teacher: TopKLogProbs, divergence: str, temperature: float, skew: float,
+    chunk_size: int,
+) -> torch.Tensor:
+    """Sum over response tokens of D(teacher buckets, student buckets): the cached top-k teacher
+    (`TopKLogProbs`, N rows) against the student's (N, V) logits, grouped into the same k + 1
+    buckets; fp32, in chunks."""
+
+    def per_chunk(student_chunk, ids_chunk, teacher_chunk):
+        student_log = F.log_softmax(at_least_fp32(student_chunk) / temperature, dim=-1)  # (N_c, V)
+        return token_divergence(teacher_chunk, bucket_log_probs(student_log, ids_chunk), divergence, skew).sum()
+
+    return chunked_sum(per_chunk, (student_logits, teacher.ids, teacher.buckets()), chunk_size)

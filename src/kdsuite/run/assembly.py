@@ -23,6 +23,7 @@ from kdsuite.data import instructions
 from kdsuite.data.run_data import RunData, check_data, load_run_data
 from kdsuite.losses.base import DistillationLoss, LossContext
 from kdsuite.mapping import LayerPairs, validate_pairs
+from kdsuite.run import teacher_outputs
 from kdsuite.tasks import CausalTaskSpec, TaskSpec, get_task
 from kdsuite.trainer import DistillationTrainer, attach_loss, training_arguments
 
@@ -42,6 +43,7 @@ class Run:
     student_args: TrainingArguments  # from `trainer.*`
     teacher_args: TrainingArguments  # from `teacher.finetune.*`; output_dir is set by the cache
     out_dir: Path
+    teacher_outputs: teacher_outputs.TeacherOutputStore | None = None  # set once built (teacher.outputs=cached)
 
     @property
     def needs_teacher(self) -> bool:
@@ -111,7 +113,9 @@ def build_run(cfg: DictConfig) -> Run:
         teacher_hidden_size=teacher_arch.hidden_size,
         train_labels=run_data.train_labels,
     )
-    return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, make_loss(context=context),
+    loss = make_loss(context=context)
+    teacher_outputs.output_spec(cfg, loss)  # refuses teacher.outputs=cached where the cache cannot serve the loss
+    return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, loss,
                run_data, student_args, teacher_args, out_dir)
 
 
@@ -145,4 +149,5 @@ def build_trainer(
         callbacks=list(callbacks),
         distillation_loss=loss,
         teacher=teacher if loss.needs_teacher else None,
+        teacher_outputs=run.teacher_outputs if loss.needs_teacher else None,
     )

@@ -18,7 +18,7 @@ from kdsuite import models
 from kdsuite.generation import evaluate_generation
 from kdsuite.losses.base import DistillationLoss, LossContext
 from kdsuite.losses.ce import CELoss
-from kdsuite.run import teacher_cache, tracking
+from kdsuite.run import teacher_cache, teacher_outputs, tracking
 from kdsuite.run.assembly import Run, build_run, build_student, build_trainer
 from kdsuite.run.pruning import pruning_callbacks
 
@@ -76,6 +76,7 @@ def train(cfg) -> float:
     run = build_run(cfg)
     tracking.configure(cfg.tracking)
     teacher = prepare_teacher(run) if run.needs_teacher else None
+    run.teacher_outputs = teacher_outputs.get_or_build(run, teacher) if teacher is not None else None
 
     tags = tracking.student_tags(cfg, run.loss.name, run.layer_pairs, teacher)
     run_name = f"{run.loss.name}-{cfg.student.name}-{cfg.dataset.name}-s{cfg.seed}"

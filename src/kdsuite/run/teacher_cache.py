@@ -30,6 +30,18 @@ class FineTunedTeacher:
     from_cache: bool
 
 
+OUTPUT_SETTINGS = ("outputs", "cache_top_k")  # how students read the teacher, not the teacher itself
+
+
+def teacher_settings(cfg: DictConfig) -> dict:
+    """The teacher config without the settings of its output cache: switching a run to cached
+    outputs must find the same fine-tuned teacher."""
+    settings = OmegaConf.to_container(cfg.teacher, resolve=True)
+    for name in OUTPUT_SETTINGS:
+        settings.pop(name, None)
+    return settings
+
+
 def cache_key(cfg: DictConfig) -> dict:
     """Everything that changes the fine-tuned teacher: the teacher config (with `finetune`) and
     the data it is trained and scored on."""
@@ -40,12 +52,12 @@ def cache_key(cfg: DictConfig) -> dict:
         described.pop("max_eval_samples", None)
         if described.get("path"):
             described["path"] = str(Path(described["path"]).expanduser().resolve())
-        return {"format": CACHE_FORMAT, "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
+        return {"format": CACHE_FORMAT, "teacher": teacher_settings(cfg),
                 "dataset": described}
     data_dir = dataset.data_dir
     return {
         "format": CACHE_FORMAT,
-        "teacher": OmegaConf.to_container(cfg.teacher, resolve=True),
+        "teacher": teacher_settings(cfg),
         "dataset": {
             "name": dataset.name,
             "source": str(Path(data_dir).expanduser().resolve()) if data_dir else "hub",
