@@ -2,13 +2,17 @@
 precision: same losses and gradients on the same batch, same run result, no teacher forward in a
 cached run, and every store that does not match the run rebuilt or refused."""
 
+import json
 import logging
+import math
 
 import mlflow
 import pytest
 import torch
 
 from conftest import TINY_RUN
+from test_causal_track import FAST as CAUSAL_FAST
+from test_causal_track import dolly_jsonl  # noqa: F401 (a fixture)
 from kdsuite import models
 from kdsuite.run import job, train
 from kdsuite.run.assembly import build_run, build_student
@@ -189,3 +193,44 @@ def test_bad_output_settings_fail_in_build_run(make_config, overrides, message):
     with pytest.raises(ValueError) as error:
         build_run(make_config(*TINY_RUN, "loss=kd", *overrides))
     assert message in str(error.value)
+
+
+@pytest.mark.parametrize("divergence", ["forward_kl", "reverse_kl", "skew_kl"])
+def test_top_k_divergence_is_the_full_one_when_the_tail_is_one_token(divergence):
+    from kdsuite.losses.tokens import TopKLogProbs, causal_kd
+
+    torch.manual_seed(0)
+    vocab, temperature = 50, 2.0
+    student = torch.randn(2, 7, vocab, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 7, vocab, dtype=torch.float64)
+    labels = torch.tensor([[-100, -100, 4, 5, 6, 7, -100], [-100, 1, 2, 3, -100, -100, -100]])
+    positions = torch.zeros_like(labels, dtype=torch.bool)
+    positions[:, :-1] = labels[:, 1:] != -100
+    log_probs = torch.log_softmax(teacher[positions] / temperature, dim=-1)
+    values, ids = log_probs.topk(vocab - 1, dim=-1)  # the tail bucket is the one token left
+    cached = TopKLogProbs(values, ids, TopKLogProbs.tail_of(values))
+    full = causal_kd(student, teacher, labels, divergence, temperature, 0.1, chunk_size=3)
+    top_k = causal_kd(student, cached, labels, divergence, temperature, 0.1, chunk_size=3)
+    torch.testing.assert_close(top_k, full, rtol=1e-6, atol=1e-8)
+    full_grad, = torch.autograd.grad(full, student)
+    top_k_grad, = torch.autograd.grad(top_k, student)
+    torch.testing.assert_close(top_k_grad, full_grad, rtol=1e-6, atol=1e-9)
+
+
+def test_causal_kd_runs_on_cached_top_k_and_fdd_is_refused(make_config, dolly_jsonl, monkeypatch):
+    causal = ["experiment=causal_smoke", f"dataset.path={dolly_jsonl}", *CAUSAL_FAST]
+    with pytest.raises(ValueError) as error:
+        build_run(make_config(*causal, "teacher.outputs=cached"))  # the preset's loss: fdd, logit lens
+    assert "loss=fdd" in str(error.value) and "teacher.outputs=cached" in str(error.value)
+
+    counts = count_teacher_forwards(monkeypatch)
+    cfg = make_config(*causal, "loss=kd", "teacher.outputs=cached", "teacher.cache_top_k=16")
+    train(cfg)
+    built = counts["forwards"]
+    assert built >= 1
+    counts["forwards"] = 0
+    objective = train(cfg)
+    assert counts["forwards"] == 0 and math.isfinite(objective)
+    [store] = [path for path in (cache_entry(cfg).path / "outputs").iterdir() if path.is_dir()]
+    manifest = json.loads((store / MANIFEST).read_text())
+    assert manifest["fields"]["topk_ids"]["shape"][1] == 16

@@ -109,12 +109,12 @@ class TopKLogProbs:
     @staticmethod
     def tail_of(top_log_probs: torch.Tensor) -> torch.Tensor:
         """log(1 - sum exp(top_log_probs)) per row, clamped at the smallest positive fp32."""
-        kept = torch.logsumexp(top_log_probs.float(), dim=-1)  # (N,)
-        return torch.log(-torch.expm1(kept).clamp(min=torch.finfo(torch.float32).tiny))
+        kept = torch.logsumexp(at_least_fp32(top_log_probs), dim=-1)  # (N,)
+        return torch.log((-torch.expm1(kept)).clamp(min=torch.finfo(torch.float32).tiny))
 
     def buckets(self) -> torch.Tensor:
         """(N, k + 1) log-probabilities of the top-k buckets and the tail."""
-        return torch.cat([self.log_probs.float(), self.tail.float().unsqueeze(-1)], dim=-1)
+        return torch.cat([at_least_fp32(self.log_probs), at_least_fp32(self.tail).unsqueeze(-1)], dim=-1)
 
 
 def bucket_log_probs(log_probs: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

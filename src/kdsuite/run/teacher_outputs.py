@@ -173,6 +173,9 @@ def build_store(folder: Path, teacher, spec: OutputSpec, train_set, collator, ba
         out = model(**model_inputs(batch), output_hidden_states=bool(spec.hidden_layers))
         mask = batch["attention_mask"].bool()  # (B, L)
         if spec.top_k:
+            if spec.top_k >= out.logits.shape[-1]:
+                raise ValueError(f"teacher.cache_top_k={spec.top_k} must be below the vocabulary size "
+                                 f"{out.logits.shape[-1]} (the tail bucket holds the rest)")
             positions = response_positions(batch["labels"])  # (B, L)
             log_probs = F.log_softmax(out.logits[positions].float() / spec.temperature, dim=-1)  # (N, V)
             values, indices = log_probs.topk(spec.top_k, dim=-1)  # (N, k)
