@@ -1,18 +1,28 @@
-"""Time one distillation training step per loss family, interleaved, in one process.
+"""Time one distillation training step per loss family, live and cached, interleaved, in one process.
 
     python experiments/bench_step.py --student bert2l --batch 32 --seq-len 128 --steps 20
     python experiments/bench_step.py --random-weights ...   # same architecture, random weights
+    python experiments/bench_step.py --teacher bert_base --random-weights \
+        --teacher-override num_hidden_layers=12 --student bert6l --batch 128   # GPU: BERT-base-shaped
 
-For each of ce, kd, fdd, codir: the median wall time of a full training step (the
-DistillationTrainer's own training_step: forward(s), loss, backward, then the optimizer step),
-after warm-up, with the losses interleaved step by step so drift hits them all alike. "ideal" is
-student forward+backward (the ce step) plus a teacher forward timed alone; a distillation step
-should cost at most ~1.15x that (no repeated teacher work, no per-term recomputation). bf16
-autocast is used when the GPU supports it.
+What is timed is what `run.py` runs. Every trainer is assembled by `build_run`, `build_student` and
+`build_trainer`, then prepared by the Trainer's own `_prepare_for_training` (accelerate's
+`prepare`: device placement, the mixed-precision autocast around the student's forward, the
+optimizer wrapper, the scheduler). One step is `training_step` (forward(s), loss, backward), the
+gradient clipping of `max_grad_norm`, the optimizer and scheduler steps, as in the Trainer's loop,
+at the precision the run uses (`trainer.bf16=auto`). "teacher forward alone" is the live kd
+trainer's own `teacher_forward` (the teacher cast to the training precision). ideal = ce step +
+teacher forward alone: a live distillation step should cost at most ~1.05x that; a cached step
+(`teacher.outputs=cached`, no teacher forward) at most ~1.10x the ce step.
 
-Peak memory per loss: on CUDA, the peak allocated during the loss's timed steps; on CPU, each loss
-runs alone in a fresh process (`--memory-of NAME`) and the number is its peak RSS over a few
-steps minus the RSS before the first one (activations, gradients and optimizer state).
+Cached rows read a store built over the bench's own batch (same shapes as timed); the one-time
+build cost on the task's real training set (seconds, MB) is measured separately and reported below
+the table. Steps are interleaved variant by variant so drift hits them all alike.
+
+On a GPU: peak allocated memory during the step, and achieved TFLOP/s and MFU (FLOPs of one step,
+student and teacher, counted by `torch.utils.flop_counter`, over the median time, against the
+device's dense bf16 peak). On CPU: each variant runs alone in a fresh process (`--memory-of`) and
+its peak RSS over a few steps minus the RSS before them is reported.
 
 `--results experiments/results/bench.md` writes the table there as a section named by device
 and setting (a section with the same name is replaced, others are kept).
@@ -30,16 +40,31 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import torch
 from hydra import compose, initialize_config_dir
+from torch.utils.flop_counter import FlopCounterMode
 
 from kdsuite import models
 from kdsuite.reports.markdown import markdown_table
+from kdsuite.run import teacher_outputs
 from kdsuite.run.assembly import build_run, build_student, build_trainer
-from kdsuite.trainer import resolve_bf16
+from kdsuite.run.teacher_cache import FineTunedTeacher
+from kdsuite.trainer import model_inputs, resolve_bf16
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-LOSSES = ("ce", "kd", "fdd", "codir")
+VARIANTS = {  # row label: (loss, teacher.outputs)
+    "ce": ("ce", "live"),
+    "kd": ("kd", "live"),
+    "fdd": ("fdd", "live"),
+    "codir": ("codir", "live"),
+    "kd (cached)": ("kd", "cached"),
+    "fdd (cached)": ("fdd", "cached"),
+    "codir (cached)": ("codir", "cached"),
+}
+# Dense bf16 tensor-core peaks (TFLOP/s, no sparsity) by a substring of the device name.
+BF16_PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0,
+                    "L40S": 362.0, "L4": 121.0, "A10G": 125.0, "RTX 4090": 165.0}
 
 
 def synchronize(device: torch.device) -> None:
@@ -47,37 +72,69 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def make_batch(vocab: int, batch: int, length: int, num_labels: int, device) -> dict:
+def make_batch(vocab: int, batch: int, length: int, num_labels: int) -> dict:
     generator = torch.Generator().manual_seed(0)
     return {
-        "input_ids": torch.randint(1000, vocab, (batch, length), generator=generator).to(device),
-        "attention_mask": torch.ones(batch, length, dtype=torch.long, device=device),
-        "token_type_ids": torch.zeros(batch, length, dtype=torch.long, device=device),
-        "labels": torch.randint(0, num_labels, (batch,), generator=generator).to(device),
-        "example_index": torch.arange(batch, device=device),
+        "input_ids": torch.randint(1000, vocab, (batch, length), generator=generator),
+        "attention_mask": torch.ones(batch, length, dtype=torch.long),
+        "token_type_ids": torch.zeros(batch, length, dtype=torch.long),
+        "labels": torch.randint(0, num_labels, (batch,), generator=generator),
+        "example_index": torch.arange(batch),
     }
 
 
-def build_trainers(args, out_dir: Path, losses=LOSSES):
-    """One trainer per loss, each assembled exactly as `run.py` assembles a run (RTE's data from
-    $GLUE_DIR gives the loss its context), over one shared teacher."""
-    trainers, teacher = {}, None
-    for name in losses:
-        overrides = [f"teacher={args.teacher}", f"student={args.student}", "dataset=rte", f"loss={name}",
-                     f"trainer.per_device_train_batch_size={args.batch}", "trainer.max_steps=1",
-                     f"output_dir={out_dir / name}"]
-        if args.random_weights:
-            overrides.append("teacher.random_init=true")
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            cfg = compose("config", overrides=overrides)
-        run = build_run(cfg)
-        if teacher is None:
-            torch.manual_seed(0)
-            teacher = models.load_pretrained_teacher(cfg.teacher, run.task)
-        trainer = build_trainer(run, build_student(run, teacher), run.loss, teacher, run.student_args)
-        trainer.create_optimizer()
-        trainers[name] = trainer
-    return trainers, teacher, teacher.config, bool(cfg.teacher.random_init)
+def compose_run(args, loss: str, outputs: str, out_dir: Path):
+    overrides = [f"teacher={args.teacher}", f"student={args.student}", "dataset=rte", f"loss={loss}",
+                 f"teacher.outputs={outputs}", f"trainer.per_device_train_batch_size={args.batch}",
+                 f"trainer.per_device_eval_batch_size={args.batch}", "trainer.max_steps=1000",
+                 f"cache_dir={out_dir / 'cache'}", f"output_dir={out_dir / 'runs' / loss}"]
+    overrides += [f"+teacher.config_overrides.{item}" for item in args.teacher_override]
+    if args.random_weights:
+        overrides.append("teacher.random_init=true")
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return build_run(compose("config", overrides=overrides))
+
+
+def bench_store(run, teacher, batch: dict, folder: Path):
+    """A teacher-output store over the bench batch's examples (what the cached rows read)."""
+    rows = {key: value.tolist() for key, value in batch.items()}
+    run.data.train_set = datasets.Dataset.from_dict(rows)
+    return teacher_outputs.get_or_build(run, FineTunedTeacher(teacher, folder, {}, None, False))
+
+
+def prepare(trainer):
+    """What `Trainer.train` does before its loop: wrap and `accelerator.prepare` the model,
+    create and prepare the optimizer, create the scheduler. Returns the prepared model."""
+    model, _ = trainer._prepare_for_training(trainer.args.max_steps, None, None)
+    return model
+
+
+def build_trainers(args, out_dir: Path, batch: dict, labels=tuple(VARIANTS)):
+    """One prepared trainer per variant, each assembled exactly as `run.py` assembles a run
+    (RTE's data from $GLUE_DIR gives the loss its context), over one shared teacher."""
+    runs = {label: compose_run(args, *VARIANTS[label], out_dir) for label in labels}
+    first = next(iter(runs.values()))
+    torch.manual_seed(0)
+    teacher = models.load_pretrained_teacher(first.cfg.teacher, first.task)
+    # Students first: the trainers cast the shared teacher to the training precision.
+    students = {label: build_student(run, teacher) for label, run in runs.items()}
+    for label, run in runs.items():
+        if VARIANTS[label][1] == "cached":
+            run.teacher_outputs = bench_store(run, teacher, batch, out_dir / "stores" / label)
+    trainers = {label: build_trainer(run, students[label], run.loss, teacher, run.student_args)
+                for label, run in runs.items()}
+    prepared = {label: (trainer, prepare(trainer)) for label, trainer in trainers.items()}
+    return prepared, teacher, bool(first.cfg.teacher.random_init)
+
+
+def train_step(trainer, model, batch: dict, items: torch.Tensor) -> None:
+    """One optimisation step as the Trainer's loop does it (no accumulation)."""
+    trainer.training_step(model, dict(batch), num_items_in_batch=items)
+    if trainer.args.max_grad_norm:
+        trainer.accelerator.clip_grad_norm_(model.parameters(), trainer.args.max_grad_norm)
+    trainer.optimizer.step()
+    trainer.lr_scheduler.step()
+    model.zero_grad(set_to_none=True)
 
 
 def timed(fn, device) -> float:
@@ -88,35 +145,160 @@ def timed(fn, device) -> float:
     return time.perf_counter() - start
 
 
+def step_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
 def rss_mib() -> float:
     with open("/proc/self/status") as handle:
         return next(int(line.split()[1]) / 1024 for line in handle if line.startswith("VmRSS:"))
 
 
-def cpu_peak_memory(args, name: str) -> float:
-    """Peak RSS over warm-up + 3 steps of loss `name` alone, minus the RSS before them (MiB)."""
-    trainers, _, teacher_config, _ = build_trainers(args, args.out, (name,))
-    trainer = trainers[name]
-    batch = make_batch(teacher_config.vocab_size, args.batch, args.seq_len, 2, trainer.args.device)
+def cpu_peak_memory(args, label: str) -> float:
+    """Peak RSS over warm-up + 3 steps of variant `label` alone, minus the RSS before them (MiB)."""
+    batch = make_batch(30522, args.batch, args.seq_len, 2)
+    prepared, _, _ = build_trainers(args, args.out / "memory", batch, (label,))
+    trainer, model = prepared[label]
+    batch = {key: value.to(trainer.args.device) for key, value in batch.items()}
+    items = torch.tensor(args.batch, device=trainer.args.device)
     before = rss_mib()
     for _ in range(args.warmup + 3):
-        trainer.training_step(trainer.model, dict(batch), num_items_in_batch=torch.tensor(args.batch))
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
+        train_step(trainer, model, batch, items)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
 
 
-def cpu_peaks(args) -> dict[str, float]:
-    """`cpu_peak_memory` of every loss, each in a fresh process (glibc set to return freed memory)."""
+def cpu_peaks(args, labels) -> dict[str, float]:
+    """`cpu_peak_memory` of every variant, each in a fresh process (glibc set to return freed memory)."""
     peaks = {}
-    for name in LOSSES:
-        command = [sys.executable, __file__, "--memory-of", name, "--teacher", args.teacher, "--student", args.student,
-                   "--batch", str(args.batch), "--seq-len", str(args.seq_len), "--warmup", str(args.warmup),
-                   "--out", str(args.out), *(["--random-weights"] if args.random_weights else [])]
+    for label in labels:
+        command = [sys.executable, __file__, "--memory-of", label, *passed_options(args)]
         output = subprocess.run(command, check=True, capture_output=True, text=True,
                                 env={**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}).stdout
-        peaks[name] = json.loads(output.splitlines()[-1])["peak_mib"]
+        peaks[label] = json.loads(output.splitlines()[-1])["peak_mib"]
     return peaks
+
+
+def passed_options(args) -> list[str]:
+    options = ["--teacher", args.teacher, "--student", args.student, "--batch", str(args.batch),
+               "--seq-len", str(args.seq_len), "--warmup", str(args.warmup), "--out", str(args.out)]
+    options += [item for override in args.teacher_override for item in ("--teacher-override", override)]
+    return options + (["--random-weights"] if args.random_weights else [])
+
+
+def build_costs(args) -> list[list[str]]:
+    """The one-time cost of each cached loss's store on the task's real training set."""
+    rows = []
+    for loss in ("kd", "fdd", "codir"):
+        out_dir = args.out / "build"
+        run = compose_run(args, loss, "cached", out_dir)
+        torch.manual_seed(0)
+        teacher = models.load_pretrained_teacher(run.cfg.teacher, run.task)
+        store = teacher_outputs.get_or_build(run, FineTunedTeacher(teacher, out_dir / "teacher" / loss, {}, None, False))
+        manifest = json.loads((store.path / teacher_outputs.MANIFEST).read_text())
+        tokens = int(store.fields["lengths"].sum())
+        rows.append([loss, str(len(run.data.train_set)), str(tokens), f"{manifest['build_seconds']:.1f}",
+                     f"{manifest['megabytes']:.1f}", ", ".join(sorted(manifest["fields"]))])
+    return rows
+
+
+def device_peak_tflops(name: str) -> float | None:
+    return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="minilm")
+    parser.add_argument("--student", default="bert2l")
+    parser.add_argument("--teacher-override", action="append", default=[],
+                        help="KEY=VALUE added to teacher.config_overrides (e.g. num_hidden_layers=12)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--random-weights", action="store_true")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--no-build-cost", action="store_true", help="skip timing the stores' one-time build")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/kdsuite-bench"))
+    parser.add_argument("--results", type=Path, help="Markdown file to write the table into (a section)")
+    parser.add_argument("--memory-of", choices=list(VARIANTS), help=argparse.SUPPRESS)  # internal: CPU peak
+    args = parser.parse_args()
+    if args.memory_of:
+        print(json.dumps({"peak_mib": round(cpu_peak_memory(args, args.memory_of), 1)}))
+        return
+    labels = list(dict.fromkeys(["ce", "kd", *args.variants]))  # ideal needs ce and the live kd teacher
+
+    host_batch = make_batch(30522, args.batch, args.seq_len, 2)
+    prepared, teacher, random_weights = build_trainers(args, args.out / "timing", host_batch, labels)
+    device = prepared["ce"][0].args.device
+    batch = {key: value.to(device) for key, value in host_batch.items()}
+    items = torch.tensor(args.batch, device=device)
+    kd_trainer = prepared["kd"][0]
+
+    def teacher_forward():
+        kd_trainer.teacher_forward(model_inputs(batch), batch)
+
+    steps = {label: (lambda t=trainer, m=model: train_step(t, m, batch, items)) for label, (trainer, model) in prepared.items()}
+    steps["teacher_fwd"] = teacher_forward
+    times = {label: [] for label in steps}
+    peaks = {}
+    for step in range(args.warmup + args.steps):
+        for label, fn in steps.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            elapsed = timed(fn, device)
+            if device.type == "cuda":
+                peaks[label] = torch.cuda.max_memory_allocated() / 2**20
+            if step >= args.warmup:
+                times[label].append(elapsed)
+
+    median = {label: statistics.median(values) for label, values in times.items()}
+    ideal = median["ce"] + median["teacher_fwd"]
+    bf16 = resolve_bf16("auto")
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name()
+        flops = {label: step_flops(fn) for label, fn in steps.items()}
+        peak = device_peak_tflops(device_name)
+    else:
+        del prepared, steps
+        device_name = f"CPU ({torch.get_num_threads()} threads)"
+        peaks = cpu_peaks(args, [label for label in labels])
+        flops, peak = {}, None
+    title = f"{device_name}: {args.teacher} -> {args.student}, batch {args.batch}, length {args.seq_len}, bf16 {bf16}"
+    peak_kind = "peak allocated during the step" if device.type == "cuda" else "peak RSS of the variant alone, above its start"
+    header = ["loss", "median step (ms)", "x ce", "x ideal (ce + teacher fwd)", f"memory (MiB, {peak_kind})"]
+    if flops:
+        header += ["TFLOP/s", f"MFU (bf16 peak {peak or 'unknown'} TFLOP/s)"]
+
+    def row(label, name=None):
+        cells = [name or label, f"{median[label] * 1000:.1f}", f"{median[label] / median['ce']:.2f}",
+                 f"{median[label] / ideal:.2f}", f"{peaks[label]:.0f}" if label in peaks else ""]
+        if flops:
+            achieved = flops[label] / median[label] / 1e12
+            cells += [f"{achieved:.1f}", f"{achieved / peak:.1%}" if peak else ""]
+        return cells
+
+    rows = [row(label) for label in labels]
+    rows.append(row("teacher_fwd", "teacher forward alone"))
+    rows[-1][2:5] = ["", "", ""]
+    lines = [
+        f"<!-- generated by: python experiments/bench_step.py {' '.join(sys.argv[1:])} -->",
+        f"Teacher {'random' if random_weights else 'pretrained'} weights; median of {args.steps} timed steps after "
+        f"{args.warmup} warm-up, variants interleaved step by step; trainers prepared by the Trainer's own "
+        f"`_prepare_for_training`; ideal = ce step + teacher forward timed alone (at the training precision).",
+        "",
+        *markdown_table(header, rows).splitlines(),
+    ]
+    if not args.no_build_cost:
+        lines += ["", "One-time build of the teacher-output store (`teacher.outputs=cached`) over the task's whole "
+                  "training set, at the training precision, on this device:", "",
+                  *markdown_table(["loss", "examples", "real tokens", "build (s)", "size (MB)", "fields"],
+                                  build_costs(args)).splitlines()]
+    print(title)
+    print("\n".join(lines))
+    if args.results:
+        write_section(args.results, title, "\n".join(lines) + "\n")
 
 
 def write_section(path: Path, title: str, body: str) -> None:
@@ -125,79 +307,6 @@ def write_section(path: Path, title: str, body: str) -> None:
     head, *sections = text.split("\n## ")
     kept = [section for section in sections if section.split("\n", 1)[0] != title]
     path.write_text("\n## ".join([head.rstrip("\n") + "\n", *kept, f"{title}\n\n{body}"]))
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default="minilm")
-    parser.add_argument("--student", default="bert2l")
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--random-weights", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("/tmp/kdsuite-bench"))
-    parser.add_argument("--results", type=Path, help="Markdown file to write the table into (a section)")
-    parser.add_argument("--memory-of", choices=LOSSES, help=argparse.SUPPRESS)  # internal: CPU peak of one loss
-    args = parser.parse_args()
-    if args.memory_of:
-        print(json.dumps({"peak_mib": round(cpu_peak_memory(args, args.memory_of), 1)}))
-        return
-
-    trainers, teacher, teacher_config, random_weights = build_trainers(args, args.out)
-    device = trainers["ce"].args.device
-    batch = make_batch(teacher_config.vocab_size, args.batch, args.seq_len, 2, device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=resolve_bf16("auto"))
-
-    def train_step(trainer):
-        # num_items_in_batch as the Trainer's loop passes it (labelled examples in the step)
-        trainer.training_step(trainer.model, dict(batch), num_items_in_batch=torch.tensor(args.batch, device=device))
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad(set_to_none=True)
-
-    def teacher_forward():
-        with torch.no_grad(), autocast:
-            teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-
-    times = {name: [] for name in (*LOSSES, "teacher_fwd")}
-    peaks = {}
-    for step in range(args.warmup + args.steps):
-        for name, trainer in trainers.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            elapsed = timed(lambda: train_step(trainer), device)
-            if device.type == "cuda":
-                peaks[name] = torch.cuda.max_memory_allocated() / 2**20
-            if step >= args.warmup:
-                times[name].append(elapsed)
-        elapsed = timed(teacher_forward, device)
-        if step >= args.warmup:
-            times["teacher_fwd"].append(elapsed)
-
-    median = {name: statistics.median(values) for name, values in times.items()}
-    ideal = median["ce"] + median["teacher_fwd"]
-    if device.type != "cuda":
-        del trainers
-        peaks = cpu_peaks(args)
-    device_name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    title = (f"{device_name}: {args.teacher} -> {args.student}, batch {args.batch}, length {args.seq_len}, "
-             f"bf16 {resolve_bf16('auto')}")
-    peak_kind = "peak allocated during the step" if device.type == "cuda" else "peak RSS of the loss alone, above its start"
-    header = ["loss", "median step (ms)", "x ce", "x ideal (ce + teacher fwd)", f"memory (MiB, {peak_kind})"]
-    rows = [[name, f"{median[name] * 1000:.1f}", f"{median[name] / median['ce']:.2f}", f"{median[name] / ideal:.2f}",
-             f"{peaks[name]:.0f}"] for name in LOSSES]
-    rows.append(["teacher forward alone", f"{median['teacher_fwd'] * 1000:.1f}", "", "", ""])
-    lines = [
-        f"<!-- generated by: python experiments/bench_step.py {' '.join(sys.argv[1:])} -->",
-        f"Teacher {'random' if random_weights else 'pretrained'} weights; median of {args.steps} timed steps after "
-        f"{args.warmup} warm-up, losses interleaved step by step; ideal = ce step + teacher forward timed alone.",
-        "",
-        *markdown_table(header, rows).splitlines(),
-    ]
-    print(title)
-    print("\n".join(lines))
-    if args.results:
-        write_section(args.results, title, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -62,13 +62,14 @@ FP16 = (FP16_TERMS_RTOL, FP16_TERMS_ATOL, FP16_GRAD_RTOL)
 ])
 def test_cached_outputs_give_the_live_losses_and_gradients(make_config, tmp_path, overrides, tolerance):
     rtol, atol, grad_rtol = tolerance
-    run, teacher, student = run_and_teacher(make_config, tmp_path, *overrides, "teacher.outputs=cached")
+    run, teacher, student = run_and_teacher(make_config, tmp_path, *overrides, "teacher.outputs=cached",
+                                            "trainer.per_device_eval_batch_size=5")
     student.add_module("distillation_loss", run.loss)
     run.loss.bind_models(student, teacher)
     student.eval()  # no dropout, and codir's memory banks stay as they are
     teacher.eval()
-    # The store's pass batches 128 examples (padded to the longest of all 48), the step 8: the
-    # real tokens are the same, the padding is not.
+    # The store's pass batches 5 examples in order (10 batches), the step 8 others: the real
+    # tokens are the same, the padding is not.
     store = get_or_build(run, FineTunedTeacher(teacher, tmp_path / "teacher", {}, None, False))
     batch = run.data.collator([run.data.train_set[i] for i in (5, 0, 17, 33, 2, 40, 11, 8)])
     with torch.no_grad():
@@ -234,3 +235,22 @@ def test_causal_kd_runs_on_cached_top_k_and_fdd_is_refused(make_config, dolly_js
     [store] = [path for path in (cache_entry(cfg).path / "outputs").iterdir() if path.is_dir()]
     manifest = json.loads((store / MANIFEST).read_text())
     assert manifest["fields"]["topk_ids"]["shape"][1] == 16
+
+
+def test_every_example_reads_back_its_own_outputs(make_config, tmp_path):
+    run, teacher, _ = run_and_teacher(make_config, tmp_path, "loss=fdd", "teacher.outputs=cached",
+                                      "trainer.per_device_eval_batch_size=5")
+    teacher.eval()
+    store = get_or_build(run, FineTunedTeacher(teacher, tmp_path / "teacher", {}, None, False))
+    order = torch.randperm(len(run.data.train_set), generator=torch.Generator().manual_seed(0)).tolist()
+    for start in range(0, len(order), 7):
+        batch = run.data.collator([run.data.train_set[i] for i in order[start:start + 7]])
+        with torch.no_grad():
+            live = teacher(**model_inputs(batch), output_hidden_states=True)
+        cached = store.batch_outputs(batch)
+        torch.testing.assert_close(cached.logits, live.logits, rtol=0.0, atol=1e-6)
+        mask = batch["attention_mask"].bool()
+        for _, layer in run.layer_pairs:
+            torch.testing.assert_close(cached.hidden_states[layer][mask], live.hidden_states[layer][mask],
+                                       rtol=2**-11, atol=1e-6)
+            assert not cached.hidden_states[layer][~mask].any()  # padded with zeros, like the batch

@@ -166,7 +166,9 @@ def build_store(folder: Path, teacher, spec: OutputSpec, train_set, collator, ba
     writers: dict[str, _FieldWriter] = {}
 
     def write(name: str, rows: torch.Tensor) -> None:
-        writers.setdefault(name, _FieldWriter(folder, name)).write(rows)
+        if name not in writers:
+            writers[name] = _FieldWriter(folder, name)
+        writers[name].write(rows)
 
     for batch in loader:
         batch = {key: value.to(device) for key, value in batch.items()}
