@@ -13,7 +13,6 @@ import statistics
 from dataclasses import dataclass
 
 import torch
-from rouge_score import rouge_scorer
 
 
 @dataclass
@@ -27,6 +26,8 @@ class GenerationSet:
 
 def rouge_l(predictions: list[str], references: list[str]) -> float:
     """Mean ROUGE-L F-measure over the pairs."""
+    from rouge_score import rouge_scorer  # imported here: it pulls in nltk (seconds), which GLUE runs never need
+
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
     scores = [scorer.score(reference, prediction)["rougeL"].fmeasure
               for prediction, reference in zip(predictions, references)]
