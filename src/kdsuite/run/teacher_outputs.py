@@ -129,9 +129,16 @@ def store_key(teacher_key: dict, spec: OutputSpec, train_set, max_seq_length: in
     return json.loads(json.dumps(key))  # as the manifest will hold it (tuples become lists)
 
 
-def storage_dtype(dtype: torch.dtype) -> torch.dtype:
-    """16-bit storage of hidden states: bf16 passes keep bf16 (lossless), others go to fp16."""
-    return torch.bfloat16 if dtype == torch.bfloat16 else torch.float16
+def sixteen_bit(hidden: torch.Tensor, layer: int) -> torch.Tensor:
+    """Hidden states for storage: bf16 stays bf16 (lossless), others go to fp16, refusing values
+    beyond fp16's range rather than storing infinities."""
+    if hidden.dtype == torch.bfloat16:
+        return hidden
+    stored = hidden.to(torch.float16)
+    if not torch.isfinite(stored).all():
+        raise ValueError(f"teacher layer {layer} has hidden states beyond fp16's range (max |h| = "
+                         f"{hidden.abs().max().item():.3g}): use teacher.outputs=live, or train in bf16")
+    return stored
 
 
 class _FieldWriter:
@@ -193,9 +200,9 @@ def build_store(folder: Path, teacher, spec: OutputSpec, train_set, collator, ba
             if spec.pooling:
                 write(f"pooled_{layer}", pool(hidden.float(), mask, spec.pooling))  # (B, d)
             elif spec.tokens == "cls":
-                write(f"hidden_{layer}", hidden[:, 0].to(storage_dtype(dtype)))  # (B, d)
+                write(f"hidden_{layer}", sixteen_bit(hidden[:, 0], layer))  # (B, d)
             else:
-                write(f"hidden_{layer}", hidden[mask].to(storage_dtype(dtype)))  # (tokens, d)
+                write(f"hidden_{layer}", sixteen_bit(hidden[mask], layer))  # (tokens, d)
         write("lengths", mask.sum(dim=1))
     return {name: writer.close() for name, writer in writers.items()}
 
