@@ -15,6 +15,7 @@ import math
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from kdsuite.distributed import all_reduce_sum, cpu_only_launch
 from kdsuite.losses.base import DistillationLoss
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -33,7 +34,11 @@ def attach_loss(model, loss: DistillationLoss, teacher=None) -> None:
 
 
 class TermAverager:
-    """Running means of detached loss terms, kept on device so logging causes the only sync."""
+    """Running means of detached loss terms, kept on device so logging causes the only sync.
+
+    Under DDP `pop` is collective: the means are over the micro-batches of every process (one
+    all-reduce), so each process logs the run's global means.
+    """
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
@@ -46,9 +51,11 @@ class TermAverager:
         self.count += 1
 
     def pop(self) -> dict[str, float]:
-        means = {name: (total / self.count).item() for name, total in self.sums.items()}
+        names = sorted(self.sums)
+        totals = torch.stack([self.sums[name] for name in names] + [self.sums[names[0]].new_tensor(self.count)])
+        totals = all_reduce_sum(totals)
         self.sums, self.count = {}, 0
-        return means
+        return {name: (total / totals[-1]).item() for name, total in zip(names, totals)}
 
 
 class _LogEpochTerms(TrainerCallback):
@@ -160,12 +167,16 @@ def training_arguments(settings: dict, output_dir: str, seed: int, section: str 
     in errors).
 
     The suite owns MLflow (`report_to="none"`) and keeps `example_index` in batches
-    (`remove_unused_columns=False`).
+    (`remove_unused_columns=False`). Under DDP, `ddp_find_unused_parameters` defaults to false: a
+    loss's learned parts (projections, heads) are used after the model's forward, so DDP's search
+    for unused parameters at the end of the forward would wrongly count them as unused.
     """
     settings = dict(settings)
     settings["bf16"] = resolve_bf16(settings.get("bf16", "auto"))
     settings.setdefault("seed", seed)
     settings.setdefault("dataloader_pin_memory", torch.cuda.is_available())
+    settings.setdefault("ddp_find_unused_parameters", False)
+    settings.setdefault("use_cpu", cpu_only_launch())
     known = {field.name for field in dataclasses.fields(TrainingArguments) if field.init}
     unknown = sorted(set(settings) - known)
     if unknown:

@@ -110,6 +110,7 @@ def build_run(cfg: DictConfig) -> Run:
         student_hidden_size=student_arch.hidden_size,
         teacher_hidden_size=teacher_arch.hidden_size,
         train_labels=run_data.train_labels,
+        seed=cfg.seed,
     )
     return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, make_loss(context=context),
                run_data, student_args, teacher_args, out_dir)

@@ -5,6 +5,10 @@ Order of work: `build_run` checks everything that can be wrong with the config (
 files, training arguments, student depth and width, layer mapping, loss settings), then the
 teacher is fetched from the cache or fine-tuned (its own MLflow run, `role=teacher`), then the
 student is trained in an MLflow run of its own (`role=student`).
+
+Under `torchrun`/`accelerate launch` every process runs `train`: they join one process group
+first, the teacher is fine-tuned once (`shared_teacher`), and only the main process writes MLflow
+and the saved student (`kdsuite.distributed`).
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from pathlib import Path
 
 from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
 
-from kdsuite import models
+from kdsuite import distributed, models
 from kdsuite.generation import evaluate_generation
 from kdsuite.losses.base import DistillationLoss, LossContext
 from kdsuite.losses.ce import CELoss
 from kdsuite.run import teacher_cache, tracking
 from kdsuite.run.assembly import Run, build_run, build_student, build_trainer
 from kdsuite.run.pruning import pruning_callbacks
+from kdsuite.run.shared_teacher import teacher_for_every_process
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +79,9 @@ def prepare_teacher(run: Run) -> teacher_cache.FineTunedTeacher:
 def train(cfg) -> float:
     """Run one configured distillation and return its main dev metric."""
     run = build_run(cfg)
+    distributed.setup(run.student_args)
     tracking.configure(cfg.tracking)
-    teacher = prepare_teacher(run) if run.needs_teacher else None
+    teacher = teacher_for_every_process(run, prepare_teacher) if run.needs_teacher else None
 
     tags = tracking.student_tags(cfg, run.loss.name, run.layer_pairs, teacher)
     run_name = f"{run.loss.name}-{cfg.student.name}-{cfg.dataset.name}-s{cfg.seed}"
@@ -89,7 +95,7 @@ def train(cfg) -> float:
         teacher_model = teacher.model if run.loss.needs_teacher else None
         metrics = fit(run, student, run.loss, teacher_model, run.student_args,
                       pruning_callbacks(cfg, run.task.main_metric))
-        if cfg.get("save_student"):
+        if cfg.get("save_student") and distributed.is_main_process():
             student.save_pretrained(run.out_dir / "student")
             run.tokenizer.save_pretrained(run.out_dir / "student")
         return tracking.log_final(run.task.main_metric, metrics)

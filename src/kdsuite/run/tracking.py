@@ -20,9 +20,12 @@ from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
+from kdsuite.distributed import is_main_process, on_main_process, world_size
+
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 
 
+@on_main_process
 def configure(tracking_cfg: DictConfig) -> None:
     """Point MLflow at `tracking.uri` (any URI MLflow accepts) and `tracking.experiment`."""
     mlflow.set_tracking_uri(tracking_cfg.uri)
@@ -76,8 +79,11 @@ def tracked_run(
 
     It nests under `parent_run_id` when given, else under the active run if there is one. With
     `cfg`, log its flattened values as params and the resolved YAML (and the Hydra overrides) as
-    artifacts under `config/`.
+    artifacts under `config/`. On the other processes of a DDP run it yields None and records nothing.
     """
+    if not is_main_process():
+        yield None
+        return
     nested = mlflow.active_run() is not None
     run = mlflow.start_run(
         run_name=run_name, nested=nested, parent_run_id=parent_run_id,
@@ -139,6 +145,7 @@ def student_tags(cfg: DictConfig, loss_name: str, layer_pairs, teacher=None) -> 
         "dataset": cfg.dataset.name,
         "seed": str(cfg.seed),
         "layer_pairs": str(layer_pairs),
+        "world_size": str(world_size()),
     }
     if teacher is not None:
         tags.update(teacher_path=str(teacher.path), teacher_run_id=str(teacher.run_id))
@@ -150,15 +157,18 @@ def teacher_tags(cfg: DictConfig) -> dict[str, str]:
     return {"role": "teacher", "teacher": cfg.teacher.name, "dataset": cfg.dataset.name}
 
 
+@on_main_process
 def log_teacher_metrics(metrics: dict[str, float]) -> None:
     """The teacher's dev metrics beside the student's, as `teacher/<metric>`."""
     mlflow.log_metrics({f"teacher/{name}": value for name, value in metrics.items()})
 
 
+@on_main_process
 def log_model_size(parameters: int, trainable: int) -> None:
     mlflow.log_params({"student_parameters": parameters, "student_trainable_parameters": trainable})
 
 
+@on_main_process
 def log_generations(scores: dict[str, float], samples: list[dict]) -> None:
     """ROUGE-L of sampled responses as `final/<name>` and a sample of them as `generations.json`."""
     mlflow.log_metrics({f"final/{name}": value for name, value in scores.items()})
@@ -168,11 +178,13 @@ def log_generations(scores: dict[str, float], samples: list[dict]) -> None:
 def log_final(main_metric: str, metrics: dict[str, float]) -> float:
     """`final_metric` (the task's main metric, a sweep's objective) and the tag naming it."""
     objective = metrics[main_metric]
-    mlflow.log_metric("final_metric", objective)
-    mlflow.set_tag("main_metric", main_metric)
+    if is_main_process():
+        mlflow.log_metric("final_metric", objective)
+        mlflow.set_tag("main_metric", main_metric)
     return objective
 
 
+@on_main_process
 def log_cache_key(key: dict) -> None:
     """A fine-tuned teacher's cache key, flattened, as the params of its `role=teacher` run."""
     mlflow.log_params(flatten(key))
