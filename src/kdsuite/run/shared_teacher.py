@@ -41,8 +41,8 @@ def finetune_in_child_process(run: Run) -> None:
     run.out_dir.mkdir(parents=True, exist_ok=True)
     config_path = run.out_dir / "teacher_job.yaml"
     OmegaConf.save(cfg, config_path, resolve=True)
-    entry = "import sys; from kdsuite.run.shared_teacher import main; main(sys.argv[1])"
-    command = [sys.executable, "-c", entry, str(config_path)]
+    child_code = "import sys; from kdsuite.run.shared_teacher import main; main(sys.argv[1])"
+    command = [sys.executable, "-c", child_code, str(config_path)]
     result = subprocess.run(command, env=distributed.single_process_environment())
     if result.returncode != 0:
         raise RuntimeError(
