@@ -144,3 +144,16 @@ def test_codir_banks_agree_across_ranks_and_with_one_process(tmp_path):
     assert int(two["draws"]) == int(one["draws"]) == 3
     for bank in ("student_bank", "teacher_bank"):
         torch.testing.assert_close(two[bank], one[bank], rtol=1e-5, atol=1e-5, msg=bank)
+
+
+def test_a_sweep_refuses_to_start_under_a_distributed_launcher(tmp_path):
+    """A sweep is one process handing out trials; under torchrun it would be N sweeps."""
+    paths = [str(REPO / "src"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in paths if path),
+           "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}
+    command = [sys.executable, str(REPO / "run.py"), "-m", "sweep=kd_weights", "experiment=smoke",
+               *common_overrides(tmp_path), f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert result.returncode != 0
+    assert "not started under torchrun/accelerate launch (WORLD_SIZE=2)" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any study, run or teacher

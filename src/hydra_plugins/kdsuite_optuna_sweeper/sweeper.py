@@ -30,6 +30,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
+from kdsuite.distributed import world_size
 from kdsuite.reports import sweep_report
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,13 @@ class KdsuiteOptunaSweeper(Sweeper):
         return found[0] if found else None
 
     def sweep(self, arguments: list[str]) -> None:
+        if world_size() > 1:
+            raise RuntimeError(
+                f"kdsuite_optuna sweeper: not started under torchrun/accelerate launch (WORLD_SIZE="
+                f"{world_size()}): each process would run its own sweep and ask Optuna for trials of "
+                f"its own. Start one sweep per GPU instead, e.g. CUDA_VISIBLE_DEVICES=0 python run.py "
+                f"-m ..., all with the same hydra.sweeper.storage (README: 'More than one GPU')"
+            )
         fixed, space = split_overrides(arguments, self.params)
         if not space:
             raise ValueError(
