@@ -63,11 +63,12 @@ def cpu_only_launch() -> bool:
 
 
 def setup(args) -> int:
-    """Join the launcher's process group, exactly as the Trainer would from `args`
-    (`TrainingArguments`: `ddp_backend`, `ddp_timeout`), and return the world size.
+    """Make sure this process has joined the launcher's process group, as the Trainer does from
+    `args` (`TrainingArguments`: `ddp_backend`, `ddp_timeout`), and return the world size.
 
-    Done at the start of a run so that the teacher and MLflow steps can already tell the
-    processes apart and wait for each other; the Trainer then reuses the same group.
+    transformers joins it when the run's TrainingArguments are built; calling this at the start of
+    a run states the requirement, so the teacher and MLflow steps can tell the processes apart
+    and wait for each other. The Trainer then reuses the same group.
     """
     _ = args.device  # transformers creates accelerate's PartialState, which joins the group
     return world_size()

@@ -4,7 +4,8 @@
 A run records the flattened resolved config as params, tags naming what was run, the resolved
 config and Hydra overrides as artifacts, the Trainer's logs as metrics through
 `MlflowMetricsCallback`, and at the end `final/<metric>` and `final_metric`. A run that raises
-ends FAILED (KILLED on Ctrl-C).
+ends FAILED (KILLED on Ctrl-C). In a run on several processes only the main one records (the
+others' calls do nothing), and student runs are tagged `world_size`.
 """
 
 from __future__ import annotations
