@@ -110,8 +110,16 @@ def test_kd_step_on_two_processes_equals_one_process_on_the_whole_batch(kd_on_tw
     root = kd_on_two_processes
     cfg = make_config(*SMALL_RUN, *ONE_SGD_STEP, "trainer.per_device_train_batch_size=8",
                       "trainer.gradient_accumulation_steps=1")
-    cfg.cache_dir, cfg.tracking.uri = str(root / "cache"), f"sqlite:///{root / 'mlflow.db'}"
-    train(cfg)  # one process, 8 examples in one batch, the teacher from the cache
+    cfg.cache_dir = str(root / "cache")
+    train(cfg)  # one process, 8 examples in one batch, the teacher from the cache (own MLflow store)
+
+    # The logged terms are global means: 4 micro-batches on 2 ranks = the one batch of 8.
+    [two_process_run] = runs(root, "student")
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    [one_process_run] = client.search_runs([client.get_experiment_by_name("kdsuite").experiment_id])
+    assert one_process_run.data.tags["teacher_run_id"] == two_process_run.data.tags["teacher_run_id"]
+    for term in ("train/ce", "train/kd", "train/loss"):
+        assert two_process_run.data.metrics[term] == pytest.approx(one_process_run.data.metrics[term], rel=1e-5), term
 
     run = build_run(cfg)
     teacher = prepare_teacher(run)

@@ -52,6 +52,9 @@ class TermAverager:
 
     def pop(self) -> dict[str, float]:
         names = sorted(self.sums)
+        if not names:  # a loss with no term but its total: nothing to log, on every process alike
+            self.count = 0
+            return {}
         totals = torch.stack([self.sums[name] for name in names] + [self.sums[names[0]].new_tensor(self.count)])
         totals = all_reduce_sum(totals)
         self.sums, self.count = {}, 0
@@ -169,7 +172,9 @@ def training_arguments(settings: dict, output_dir: str, seed: int, section: str 
     The suite owns MLflow (`report_to="none"`) and keeps `example_index` in batches
     (`remove_unused_columns=False`). Under DDP, `ddp_find_unused_parameters` defaults to false: a
     loss's learned parts (projections, heads) are used after the model's forward, so DDP's search
-    for unused parameters at the end of the forward would wrongly count them as unused.
+    for unused parameters at the end of the forward would count them as unused and then fail when
+    their gradients arrive. Several processes on a machine without an accelerator get `use_cpu`,
+    without which transformers would not start DDP (gloo) there.
     """
     settings = dict(settings)
     settings["bf16"] = resolve_bf16(settings.get("bf16", "auto"))
