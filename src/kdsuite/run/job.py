@@ -18,9 +18,10 @@ from kdsuite import models
 from kdsuite.generation import evaluate_generation
 from kdsuite.losses.base import DistillationLoss, LossContext
 from kdsuite.losses.ce import CELoss
-from kdsuite.run import teacher_cache, tracking
+from kdsuite.run import run_folder, teacher_cache, tracking
 from kdsuite.run.assembly import Run, build_run, build_student, build_trainer
 from kdsuite.run.pruning import pruning_callbacks
+from kdsuite.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +33,16 @@ def fit(
     teacher: PreTrainedModel | None,
     args: TrainingArguments,
     callbacks: list[TrainerCallback] = (),
+    resume_from: Path | None = None,
 ) -> dict[str, float]:
-    """Train `model` with `loss`, then score it on dev.
+    """Train `model` with `loss` (from the checkpoint `resume_from`, if given), then score it on dev.
 
     Returns the final dev metrics: the task's GLUE metrics and the task `loss` (the Trainer logs
     them as `final/<name>`); on the causal-LM track, the validation loss and ROUGE-L of sampled
     responses (`final/rougeL`, per seed too, and `generations.json`).
     """
     trainer = build_trainer(run, model, loss, teacher, args, [tracking.MlflowMetricsCallback(), *callbacks])
-    trainer.train()
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     final = trainer.evaluate(metric_key_prefix="final")
     metrics = {name: final[f"final_{name}"] for name in (*run.task.metrics, "loss") if f"final_{name}" in final}
     if run.data.generation is not None:
@@ -72,14 +74,34 @@ def prepare_teacher(run: Run) -> teacher_cache.FineTunedTeacher:
 
 
 def train(cfg) -> float:
-    """Run one configured distillation and return its main dev metric."""
-    run = build_run(cfg)
-    tracking.configure(cfg.tracking)
-    teacher = prepare_teacher(run) if run.needs_teacher else None
+    """Run one configured distillation and return its main dev metric.
+
+    SIGTERM and SIGINT end it cleanly (the MLflow run KILLED, a checkpoint being saved finished
+    first); `resume=true` continues the run's newest checkpoint in the same MLflow run.
+    """
+    with stop_on_signals():
+        run = build_run(cfg)
+        tracking.configure(cfg.tracking)
+        teacher = prepare_teacher(run) if run.needs_teacher else None
+        return train_student(run, teacher)
+
+
+def train_student(run: Run, teacher: teacher_cache.FineTunedTeacher | None) -> float:
+    cfg = run.cfg
+    resume_run_id = None
+    if run.resume_from is not None:
+        resume_run_id = run_folder.saved_run_id(run.out_dir, cfg.tracking.uri)
+        log.info("resuming %s from %s", run.out_dir, run.resume_from.name)
+    elif cfg.get("resume"):
+        log.warning("resume=true, but %s holds no checkpoint: starting fresh", run.out_dir)
 
     tags = tracking.student_tags(cfg, run.loss.name, run.layer_pairs, teacher)
+    if run.resume_from is not None:
+        tags["resumed_from_step"] = str(run_folder.checkpoint_step(run.resume_from))
     run_name = f"{run.loss.name}-{cfg.student.name}-{cfg.dataset.name}-s{cfg.seed}"
-    with tracking.tracked_run(run_name, tags, cfg, parent_run_id=cfg.tracking.get("parent_run_id")):
+    with tracking.tracked_run(run_name, tags, cfg, parent_run_id=cfg.tracking.get("parent_run_id"),
+                              resume_run_id=resume_run_id) as mlflow_run:
+        run_folder.save_run_id(run.out_dir, mlflow_run.info.run_id, cfg.tracking.uri)
         if teacher is not None:
             tracking.log_teacher_metrics(teacher.metrics)
         set_seed(cfg.seed)
@@ -88,8 +110,11 @@ def train(cfg) -> float:
                                 models.count_parameters(student, trainable_only=True))
         teacher_model = teacher.model if run.loss.needs_teacher else None
         metrics = fit(run, student, run.loss, teacher_model, run.student_args,
-                      pruning_callbacks(cfg, run.task.main_metric))
+                      pruning_callbacks(cfg, run.task.main_metric), resume_from=run.resume_from)
         if cfg.get("save_student"):
             student.save_pretrained(run.out_dir / "student")
             run.tokenizer.save_pretrained(run.out_dir / "student")
-        return tracking.log_final(run.task.main_metric, metrics)
+        objective = tracking.log_final(run.task.main_metric, metrics)
+    log.info(tracking.summary_line(run_name, run.task.metrics, metrics, teacher.metrics if teacher else None,
+                                   mlflow_run.info.run_id))
+    return objective
