@@ -12,41 +12,33 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
+from transformers import set_seed
 
 from kdsuite import models
 from kdsuite.generation import evaluate_generation
-from kdsuite.losses.base import DistillationLoss, LossContext
+from kdsuite.losses.base import LossContext
 from kdsuite.losses.ce import CELoss
 from kdsuite.run import run_folder, teacher_cache, tracking
 from kdsuite.run.assembly import Run, build_run, build_student, build_trainer
 from kdsuite.run.pruning import pruning_callbacks
 from kdsuite.signals import stop_on_signals
+from kdsuite.trainer import DistillationTrainer
 
 log = logging.getLogger(__name__)
 
 
-def fit(
-    run: Run,
-    model: PreTrainedModel,
-    loss: DistillationLoss,
-    teacher: PreTrainedModel | None,
-    args: TrainingArguments,
-    callbacks: list[TrainerCallback] = (),
-    resume_from: Path | None = None,
-) -> dict[str, float]:
-    """Train `model` with `loss` (from the checkpoint `resume_from`, if given), then score it on dev.
+def fit(run: Run, trainer: DistillationTrainer, resume_from: Path | None = None) -> dict[str, float]:
+    """Train (from the checkpoint `resume_from`, if given), then score the model on dev.
 
     Returns the final dev metrics: the task's GLUE metrics and the task `loss` (the Trainer logs
     them as `final/<name>`); on the causal-LM track, the validation loss and ROUGE-L of sampled
     responses (`final/rougeL`, per seed too, and `generations.json`).
     """
-    trainer = build_trainer(run, model, loss, teacher, args, [tracking.MlflowMetricsCallback(), *callbacks])
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     final = trainer.evaluate(metric_key_prefix="final")
     metrics = {name: final[f"final_{name}"] for name in (*run.task.metrics, "loss") if f"final_{name}" in final}
     if run.data.generation is not None:
-        scores, samples = evaluate_generation(model, run.tokenizer, run.data.generation,
+        scores, samples = evaluate_generation(trainer.model, run.tokenizer, run.data.generation,
                                               run.data.generation_settings)
         tracking.log_generations(scores, samples)
         metrics.update(scores)
@@ -65,7 +57,9 @@ def prepare_teacher(run: Run) -> teacher_cache.FineTunedTeacher:
             set_seed(cfg.teacher.finetune.get("seed", cfg.seed))
             model = models.load_pretrained_teacher(cfg.teacher, run.task)
             run.teacher_args.output_dir = str(trainer_dir)
-            metrics = fit(run, model, CELoss(LossContext(run.task)), None, run.teacher_args)
+            trainer = build_trainer(run, model, CELoss(LossContext(run.task)), None, run.teacher_args,
+                                    [tracking.MlflowMetricsCallback()])
+            metrics = fit(run, trainer)
             tracking.log_final(run.task.main_metric, metrics)
         log.info("teacher %s on %s: dev %s", cfg.teacher.name, cfg.dataset.name, metrics)
         return model, run.tokenizer, metrics, mlflow_run.info.run_id
@@ -109,8 +103,9 @@ def train_student(run: Run, teacher: teacher_cache.FineTunedTeacher | None) -> f
         tracking.log_model_size(models.count_parameters(student),
                                 models.count_parameters(student, trainable_only=True))
         teacher_model = teacher.model if run.loss.needs_teacher else None
-        metrics = fit(run, student, run.loss, teacher_model, run.student_args,
-                      pruning_callbacks(cfg, run.task.main_metric), resume_from=run.resume_from)
+        callbacks = [tracking.MlflowMetricsCallback(), *pruning_callbacks(cfg, run.task.main_metric)]
+        trainer = build_trainer(run, student, run.loss, teacher_model, run.student_args, callbacks)
+        metrics = fit(run, trainer, run.resume_from)
         if cfg.get("save_student"):
             student.save_pretrained(run.out_dir / "student")
             run.tokenizer.save_pretrained(run.out_dir / "student")
