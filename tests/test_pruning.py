@@ -29,4 +29,6 @@ def test_pruned_run_is_killed_in_mlflow(tmp_path):
     with pytest.raises(optuna.TrialPruned):
         with tracking.tracked_run("pruned", {"role": "student"}) as run:
             raise optuna.TrialPruned("stop")
-    assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "KILLED"
+    pruned = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert pruned.info.status == "KILLED"
+    assert pruned.data.tags["pruned"] == "true" and "error" not in pruned.data.tags

@@ -11,14 +11,20 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import shutil
+from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from kdsuite.distributed import all_reduce_sum, cpu_only_launch
 from kdsuite.losses.base import DistillationLoss
+from kdsuite.signals import deferred_signals
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+STAGING_DIR = ".saving"  # checkpoints are written here, then renamed into place
 
 
 def model_inputs(batch: dict) -> dict:
@@ -122,6 +128,30 @@ class DistillationTrainer(Trainer):
         if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             share = share * self.accelerator.num_processes  # DDP averages gradients over ranks
         return loss * share
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write `checkpoint-<step>` under a temporary folder, then rename it into place, with
+        SIGTERM/SIGINT held back until the save is done: a kill never leaves a folder that looks
+        like a complete checkpoint. Rotation (`save_total_limit`) keeps the newest by step."""
+        run_dir = Path(self._get_output_dir(trial))
+        staging = run_dir / STAGING_DIR
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        with deferred_signals():
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+            self._get_output_dir = lambda trial=None: str(staging)  # the instance attribute shadows the method
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                del self._get_output_dir
+            self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states)
+            if self.args.should_save:
+                shutil.rmtree(run_dir / name, ignore_errors=True)  # the same step saved again after a resume
+                os.replace(staging / name, run_dir / name)
+                shutil.rmtree(staging, ignore_errors=True)
+                rotate_checkpoints(str(run_dir), self.args.save_total_limit, use_mtime=False)
+            self.accelerator.wait_for_everyone()
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation is of the student alone: its task loss and its logits (the loss only for
