@@ -30,7 +30,9 @@ pytestmark = pytest.mark.e2e  # starts processes and trains
 
 NO_DROPOUT = ["+teacher.config_overrides.hidden_dropout_prob=0.0",
               "+teacher.config_overrides.attention_probs_dropout_prob=0.0"]
+# On the CPU and in fp32 everywhere, GPU machine or not: the processes compare to the last bit.
 SMALL_RUN = [
+    "trainer.bf16=false", "teacher.finetune.bf16=false", "+trainer.use_cpu=true", "+teacher.finetune.use_cpu=true",
     "teacher=tiny", "student=bert2l", "dataset=rte", "dataset.max_train_samples=32",
     "dataset.max_eval_samples=37", "dataset.max_seq_length=32", *NO_DROPOUT,
     "teacher.finetune.max_steps=2", "teacher.finetune.per_device_train_batch_size=8",
