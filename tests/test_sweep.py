@@ -6,6 +6,7 @@ import re
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 
 from sweep_runs import children_of, mlflow_runs, sweep, sweep_parents
 
@@ -49,9 +50,10 @@ def test_fdd_weight_sweep_tracks_parent_children_and_best(tmp_path, glue_dir):
     assert {"sweep/trials.csv", "sweep/trials.md", "sweep/optimization_history.png",
             "sweep/study_identity.yaml"} <= artifacts
     identity = client.download_artifacts(parent.info.run_id, "sweep/study_identity.yaml", str(tmp_path))
-    identity_text = open(identity).read()
-    assert f"hash: {parent.data.tags['study_hash']}" in identity_text
-    assert "learning_rate: 0.0001" in identity_text and "alpha_traj" not in identity_text  # swept: out
+    identity = OmegaConf.load(identity)
+    assert identity.hash == parent.data.tags["study_hash"] and identity.study_name == study.study_name
+    assert identity.hashed_config.trainer.learning_rate == 1e-4
+    assert "alpha_traj" not in identity.hashed_config.loss and "loss.alpha_traj" in identity.excluded
     table = (tmp_path / "multirun" / "optuna" / "trials.md").read_text()
     assert table.count("COMPLETE") == 2
 

@@ -9,7 +9,10 @@ and one process running a study from scratch still gets the same trials for the 
 `seed: null` seeds each trial's sampler from fresh OS entropy instead (not reproducible).
 
 The sampler's state otherwise lives in the study (past trials, grid ids), so nothing is lost by
-building it per trial. A sampler class without a `seed` argument is built once, unseeded.
+building it per trial. Two exceptions are built once, with `seed` itself: samplers whose seed fixes
+a structure every worker must share (GridSampler's shuffled grid order, QMCSampler's scrambled
+sequence; both hand out points by trial number, so workers never repeat as long as they agree on
+the order, which takes a fixed seed, 0 when none is given), and sampler classes without a `seed`.
 """
 
 from __future__ import annotations
@@ -21,9 +24,12 @@ from typing import Any
 import numpy as np
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
-from optuna.samplers import BaseSampler
+from optuna.samplers import BaseSampler, GridSampler, QMCSampler
 
 log = logging.getLogger(__name__)
+
+# Samplers whose seed fixes the order in which trial numbers map to points.
+SHARED_ORDER_SAMPLERS = (GridSampler, QMCSampler)
 
 
 def trial_seed(seed: int, trial_number: int) -> int:
@@ -37,23 +43,24 @@ class TrialSeededSampler(BaseSampler):
     def __init__(self, spec: DictConfig | dict):
         self.spec = OmegaConf.create(spec) if isinstance(spec, dict) else spec
         sampler_class = get_class(self.spec._target_)
-        self.seedable = "seed" in inspect.signature(sampler_class).parameters
-        self.seed = self.spec.get("seed") if self.seedable else None
-        if not self.seedable:
+        accepts_seed = "seed" in inspect.signature(sampler_class).parameters
+        self.seed = self.spec.get("seed") if accepts_seed else None
+        shared_order = issubclass(sampler_class, SHARED_ORDER_SAMPLERS)
+        if shared_order and self.seed is None:
+            log.info("%s: seed 0, so that every worker shares one order of points", self.spec._target_)
+            self.seed = 0
+        self.per_trial = accepts_seed and not shared_order
+        if not accepts_seed:
             log.warning("%s takes no seed: concurrent or resumed workers may repeat parameters",
                         self.spec._target_)
-        self.current = self._build(None)
-
-    def _build(self, trial_number: int | None) -> BaseSampler:
-        if not self.seedable:
-            return instantiate(self.spec, _convert_="all")
-        seed = None if self.seed is None or trial_number is None else trial_seed(self.seed, trial_number)
-        return instantiate(self.spec, seed=seed if trial_number is not None else self.seed, _convert_="all")
+        kwargs = {"seed": self.seed} if accepts_seed else {}
+        self.current = instantiate(self.spec, **kwargs, _convert_="all")
 
     def before_trial(self, study, trial) -> None:
         # Called by Trial() for each new trial before anything is sampled.
-        if self.seedable:
-            self.current = self._build(trial.number)
+        if self.per_trial:
+            seed = None if self.seed is None else trial_seed(self.seed, trial.number)
+            self.current = instantiate(self.spec, seed=seed, _convert_="all")
         self.current.before_trial(study, trial)
 
     def infer_relative_search_space(self, study, trial) -> dict[str, Any]:
