@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for tests: Debian's `postgresql` binaries, a data folder in a
+"""A throwaway PostgreSQL server for tests: Debian's `postgresql` binaries (`initdb`, `pg_ctl`), a data folder in a
 temp dir, a free local port, trust auth on 127.0.0.1 only; stopped and removed afterwards.
 
 `initdb` refuses to run as root, so as root the server runs as the `postgres` user
@@ -17,7 +17,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-PG_BIN = Path(os.environ.get("KDSUITE_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def server_binaries() -> Path:
+    """$KDSUITE_PG_BIN, else the newest /usr/lib/postgresql/<version>/bin (15 on Debian 12)."""
+    if os.environ.get("KDSUITE_PG_BIN"):
+        return Path(os.environ["KDSUITE_PG_BIN"])
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                      key=lambda path: int(path.parent.parent.name) if path.parent.parent.name.isdigit() else 0)
+    return versions[-1].parent if versions else Path("/usr/lib/postgresql/15/bin")
+
+
+PG_BIN = server_binaries()
 
 
 def unavailable_reason() -> str | None:
