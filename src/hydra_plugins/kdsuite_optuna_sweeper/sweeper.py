@@ -68,7 +68,17 @@ class SweepFailed(RuntimeError):
 class TrialOutcome:
     number: int
     state: optuna.trial.TrialState
+    value: float | None = None
     error: str | None = None
+
+
+def without_password(url: str | None) -> str:
+    """The storage URL as it may be logged: any password replaced by ***."""
+    if not url or "@" not in url:
+        return str(url)
+    import sqlalchemy
+
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def _built(spec: Any) -> Any:
@@ -160,7 +170,7 @@ class KdsuiteOptunaSweeper(Sweeper):
             run_id = client.create_run(
                 experiment_id,
                 run_name=f"sweep-{study_name}",
-                tags={"role": "sweep", "optuna_study": study_name, "optuna_storage": str(self.storage)},
+                tags={"role": "sweep", "optuna_study": study_name, "optuna_storage": without_password(self.storage)},
             ).info.run_id
         client.set_tag(run_id, "study_hash", identity.hash)
         client.log_text(
@@ -236,7 +246,7 @@ class KdsuiteOptunaSweeper(Sweeper):
                     outcome, stop = self._tell(study, trial, job)
                     outcomes.append(outcome)
                     exhausted |= stop
-                    self._record_trial(client, experiment_id, parent_run_id, study, trial)
+                    self._record_trial(client, experiment_id, parent_run_id, trial, outcome)
             self._report(study, client, experiment_id, parent_run_id)
         except BaseException as error:
             client.set_tag(parent_run_id, "error", f"{type(error).__name__}: {error}"[:MAX_TAG_LENGTH])
@@ -261,7 +271,8 @@ class KdsuiteOptunaSweeper(Sweeper):
         states = optuna.trial.TrialState
         error = job._return_value
         if job.status == JobStatus.COMPLETED and job.return_value is not None:
-            outcome, told = TrialOutcome(trial.number, states.COMPLETE), {"values": float(job.return_value)}
+            value = float(job.return_value)
+            outcome, told = TrialOutcome(trial.number, states.COMPLETE, value), {"values": value}
         elif isinstance(error, optuna.TrialPruned):
             outcome, told = TrialOutcome(trial.number, states.PRUNED), {"state": states.PRUNED}
             log.info("trial %d pruned", trial.number)
@@ -270,7 +281,7 @@ class KdsuiteOptunaSweeper(Sweeper):
                 message = f"{type(error).__name__}: {error}"
             else:
                 message = f"returned {error!r}, not a number"
-            outcome, told = TrialOutcome(trial.number, states.FAIL, message), {"state": states.FAIL}
+            outcome, told = TrialOutcome(trial.number, states.FAIL, error=message), {"state": states.FAIL}
             log.warning("trial %d failed: %s; the sweep goes on", trial.number, message)
         try:
             study.tell(trial, **told)
@@ -281,15 +292,14 @@ class KdsuiteOptunaSweeper(Sweeper):
             return outcome, True
         return outcome, False
 
-    def _record_trial(self, client, experiment_id, parent_run_id, study, trial) -> None:
+    def _record_trial(self, client, experiment_id, parent_run_id, trial, outcome: TrialOutcome) -> None:
         """Tag the trial's child run with its sampled values; log its value on the parent."""
         child = self._child_run(client, experiment_id, parent_run_id, trial.number)
         if child is not None:
             for name, value in trial.params.items():
                 client.set_tag(child.info.run_id, f"sampled.{name}", str(value))
-        value = study._storage.get_trial(trial._trial_id).value
-        if value is not None:
-            client.log_metric(parent_run_id, "trial_value", value, step=trial.number)
+        if outcome.value is not None:
+            client.log_metric(parent_run_id, "trial_value", outcome.value, step=trial.number)
 
     # -- end of sweep -----------------------------------------------------------------------
     def _report(self, study, client, experiment_id, parent_run_id) -> None:
