@@ -234,21 +234,28 @@ class KdsuiteOptunaSweeper(Sweeper):
                  study_name, len(study.trials), self.storage, parent_run_id, identity.hash)
 
         outcomes: list[TrialOutcome] = []
+        pending: list[optuna.Trial] = []  # asked, not told yet
         try:
             exhausted = False
             while len(outcomes) < self.n_trials and not exhausted:
                 with self._study_lock(study_name):
-                    batch = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - len(outcomes)))]
-                jobs = [self._trial_overrides(fixed, t, study_name, parent_run_id) for t in batch]
+                    pending = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - len(outcomes)))]
+                jobs = [self._trial_overrides(fixed, t, study_name, parent_run_id) for t in pending]
                 self.validate_batch_is_legal(jobs)
-                returns = self._launch(jobs, [trial.number for trial in batch])
-                for trial, job in zip(batch, returns):
+                returns = self._launch(jobs, [trial.number for trial in pending])
+                for trial, job in zip(list(pending), returns):
                     outcome, stop = self._tell(study, trial, job)
+                    pending.remove(trial)
                     outcomes.append(outcome)
                     exhausted |= stop
                     self._record_trial(client, experiment_id, parent_run_id, trial, outcome)
             self._report(study, client, experiment_id, parent_run_id)
         except BaseException as error:
+            for trial in pending:  # not left RUNNING, where samplers would count them as taken
+                try:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+                except Exception as tell_error:  # the sweep's own error is the one to raise
+                    log.warning("could not mark trial %d FAIL: %s", trial.number, tell_error)
             client.set_tag(parent_run_id, "error", f"{type(error).__name__}: {error}"[:MAX_TAG_LENGTH])
             client.set_terminated(parent_run_id, status="FAILED")
             raise
