@@ -18,17 +18,16 @@ from typing import Iterator
 
 import mlflow
 import optuna
-from filelock import FileLock
 from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
 from kdsuite.distributed import is_main_process, on_main_process, world_size
+from kdsuite.run.store_lock import sqlite_lock
 from kdsuite.signals import RunKilled
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 ERROR_TAG_LENGTH = 500
-SQLITE_PREFIX = "sqlite:///"
 
 
 @on_main_process
@@ -59,18 +58,6 @@ def config_params(cfg: DictConfig) -> dict[str, str]:
     described = OmegaConf.to_container(cfg, resolve=True)
     described.pop("resume", None)
     return flatten(described)
-
-
-@contextmanager
-def sqlite_lock(uri: str) -> Iterator[None]:
-    """Hold a file lock beside a `sqlite:///PATH` database (a no-op for other URIs)."""
-    if not uri.startswith(SQLITE_PREFIX):
-        yield
-        return
-    path = Path(uri[len(SQLITE_PREFIX):]).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{path}.lock"):
-        yield
 
 
 def git_commit() -> str:
