@@ -1,4 +1,4 @@
-"""A loss that records where it runs (for tests of how sweep trials are launched)."""
+"""A loss that records where it trains (for tests of how sweep trials are launched)."""
 
 import json
 import os
@@ -10,10 +10,15 @@ from kdsuite.losses.kd import KDLoss
 
 
 class ProbeKDLoss(KDLoss):
-    """KD that appends {pid, torch threads, time} to the file named by $KDSUITE_PROBE_FILE when built."""
+    """KD that appends {pid, torch threads, time} to the file named by $KDSUITE_PROBE_FILE at its
+    first training step (a run also builds its loss once before the data, to check the settings)."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        record = {"pid": os.getpid(), "threads": torch.get_num_threads(), "time": time.time()}
-        with open(os.environ["KDSUITE_PROBE_FILE"], "a") as handle:
-            handle.write(json.dumps(record) + "\n")
+    recorded = False
+
+    def forward(self, student_out, teacher_out, batch):
+        if not self.recorded:
+            self.recorded = True
+            record = {"pid": os.getpid(), "threads": torch.get_num_threads(), "time": time.time()}
+            with open(os.environ["KDSUITE_PROBE_FILE"], "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+        return super().forward(student_out, teacher_out, batch)
