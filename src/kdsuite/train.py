@@ -106,8 +106,10 @@ def fit(
     seed: int,
     out_dir: Path,
     callbacks: list | None = None,
+    train_model: bool = True,
 ) -> dict[str, float]:
-    """Train `model` with `loss` under `settings` (TrainingArguments keys), then score it on dev.
+    """Train `model` with `loss` under `settings` (TrainingArguments keys), then score it on dev
+    (`train_model=False`: score it only, e.g. a teacher used as it comes).
 
     The loss module becomes a submodule of the model, so its learned parts are optimised and
     saved with it. Returns the final dev metrics: the task's GLUE metrics and the task `loss`
@@ -128,7 +130,8 @@ def fit(
         distillation_loss=loss,
         teacher=teacher,
     )
-    trainer.train()
+    if train_model:
+        trainer.train()
     final = trainer.evaluate(metric_key_prefix="final")
     metrics = {name: final[f"final_{name}"] for name in (*plan.task.metrics, "loss") if f"final_{name}" in final}
     if plan.data.generation is not None:
@@ -148,17 +151,28 @@ def log_final(task: TaskSpec, metrics: dict[str, float]) -> float:
 
 
 def prepare_teacher(cfg: DictConfig, plan: RunPlan) -> teacher_cache.FineTunedTeacher:
-    """The fine-tuned teacher from the cache, or fine-tuned now in a `role=teacher` MLflow run."""
+    """The fine-tuned teacher from the cache, or fine-tuned now in a `role=teacher` MLflow run.
+
+    `teacher.finetune: null` uses the teacher as it comes (an instruction-tuned model): the run
+    only scores it, with the student's eval batch size, and the cache keeps it under its own key."""
+    finetune_settings = cfg.teacher.get("finetune")
 
     def finetune(trainer_dir: Path):
-        tags = {"role": "teacher", "teacher": cfg.teacher.name, "dataset": cfg.dataset.name}
+        tags = {"role": "teacher", "teacher": cfg.teacher.name, "dataset": cfg.dataset.name,
+                "finetuned": str(finetune_settings is not None)}
         run_name = f"teacher-{cfg.teacher.name}-{cfg.dataset.name}"
         with tracking.tracked_run(run_name, tags) as run:
             mlflow.log_params(tracking.flatten(teacher_cache.cache_key(cfg)))
-            set_seed(cfg.teacher.finetune.get("seed", cfg.seed))
             model = models.load_pretrained_teacher(cfg.teacher, plan.task)
             loss = CELoss(LossContext(plan.task, [], 0, 0, torch.empty(0)))
-            metrics = fit(model, loss, None, plan, cfg.teacher.finetune, cfg.seed, trainer_dir)
+            if finetune_settings is None:
+                set_seed(cfg.seed)
+                settings = OmegaConf.create({"per_device_eval_batch_size": cfg.trainer.per_device_eval_batch_size,
+                                             "bf16": cfg.trainer.get("bf16", "auto")})
+                metrics = fit(model, loss, None, plan, settings, cfg.seed, trainer_dir, train_model=False)
+            else:
+                set_seed(finetune_settings.get("seed", cfg.seed))
+                metrics = fit(model, loss, None, plan, finetune_settings, cfg.seed, trainer_dir)
             log_final(plan.task, metrics)
         log.info("teacher %s on %s: dev %s", cfg.teacher.name, cfg.dataset.name, metrics)
         return model, plan.tokenizer, metrics, run.info.run_id
