@@ -163,15 +163,14 @@ def prepare_teacher(cfg: DictConfig, plan: RunPlan) -> teacher_cache.FineTunedTe
         run_name = f"teacher-{cfg.teacher.name}-{cfg.dataset.name}"
         with tracking.tracked_run(run_name, tags) as run:
             mlflow.log_params(tracking.flatten(teacher_cache.cache_key(cfg)))
+            set_seed(cfg.seed if finetune_settings is None else finetune_settings.get("seed", cfg.seed))
             model = models.load_pretrained_teacher(cfg.teacher, plan.task)
             loss = CELoss(LossContext(plan.task, [], 0, 0, torch.empty(0)))
             if finetune_settings is None:
-                set_seed(cfg.seed)
                 settings = OmegaConf.create({"per_device_eval_batch_size": cfg.trainer.per_device_eval_batch_size,
                                              "bf16": cfg.trainer.get("bf16", "auto")})
                 metrics = fit(model, loss, None, plan, settings, cfg.seed, trainer_dir, train_model=False)
             else:
-                set_seed(finetune_settings.get("seed", cfg.seed))
                 metrics = fit(model, loss, None, plan, finetune_settings, cfg.seed, trainer_dir)
             log_final(plan.task, metrics)
         log.info("teacher %s on %s: dev %s", cfg.teacher.name, cfg.dataset.name, metrics)
