@@ -96,6 +96,15 @@ def as_settings(section: DictConfig) -> dict:
     return OmegaConf.to_container(section, resolve=True)
 
 
+def teacher_settings(cfg: DictConfig) -> dict:
+    """`teacher.finetune.*`; for a teacher used as it comes (`teacher.finetune: null`, an
+    instruction-tuned model), only how it is scored: the student's eval batch size and precision."""
+    if cfg.teacher.get("finetune") is None:
+        return {"per_device_eval_batch_size": cfg.trainer.per_device_eval_batch_size,
+                "bf16": cfg.trainer.get("bf16", "auto"), "eval_strategy": "no"}
+    return as_settings(cfg.teacher.finetune)
+
+
 def build_run(cfg: DictConfig) -> Run:
     """Check the config and build data, mapping, loss and training arguments; raises before any
     long work."""
@@ -106,7 +115,7 @@ def build_run(cfg: DictConfig) -> Run:
     resume_from = checkpoint_to_resume(cfg, out_dir)
     student_args = training_arguments(as_settings(cfg.trainer), str(trainer_dir(out_dir)), cfg.seed,
                                       section="trainer")
-    teacher_args = training_arguments(as_settings(cfg.teacher.finetune), str(out_dir / "teacher"), cfg.seed,
+    teacher_args = training_arguments(teacher_settings(cfg), str(out_dir / "teacher"), cfg.seed,
                                       section="teacher.finetune")
     teacher_arch = models.teacher_architecture(cfg.teacher, task)
     tokenizer = load_tokenizer(cfg, task, teacher_arch)

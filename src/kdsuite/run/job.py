@@ -32,14 +32,18 @@ from kdsuite.trainer import DistillationTrainer
 log = logging.getLogger(__name__)
 
 
-def fit(run: Run, trainer: DistillationTrainer, resume_from: Path | None = None) -> dict[str, float]:
-    """Train (from the checkpoint `resume_from`, if given), then score the model on dev.
+def fit(
+    run: Run, trainer: DistillationTrainer, resume_from: Path | None = None, train_model: bool = True
+) -> dict[str, float]:
+    """Train (from the checkpoint `resume_from`, if given), then score the model on dev
+    (`train_model=False`: score it only, a teacher used as it comes).
 
     Returns the final dev metrics: the task's GLUE metrics and the task `loss` (the Trainer logs
     them as `final/<name>`); on the causal-LM track, the validation loss and ROUGE-L of sampled
     responses (`final/rougeL`, per seed too, and `generations.json`).
     """
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if train_model:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     final = trainer.evaluate(metric_key_prefix="final")
     metrics = {name: final[f"final_{name}"] for name in (*run.task.metrics, "loss") if f"final_{name}" in final}
     if run.data.generation is not None:
@@ -51,20 +55,25 @@ def fit(run: Run, trainer: DistillationTrainer, resume_from: Path | None = None)
 
 
 def prepare_teacher(run: Run) -> teacher_cache.FineTunedTeacher:
-    """The fine-tuned teacher from the cache, or fine-tuned now in a `role=teacher` MLflow run."""
+    """The fine-tuned teacher from the cache, or fine-tuned now in a `role=teacher` MLflow run.
+
+    `teacher.finetune: null` uses the teacher as it comes (an instruction-tuned model): its run only
+    scores it, and the cache keeps it under its own key."""
     cfg = run.cfg
     entry = teacher_cache.cache_entry(cfg)
+    finetune_settings = cfg.teacher.get("finetune")
 
     def finetune(trainer_dir: Path):
         run_name = f"teacher-{cfg.teacher.name}-{cfg.dataset.name}"
-        with tracking.tracked_run(run_name, tracking.teacher_tags(cfg)) as mlflow_run:
+        tags = {**tracking.teacher_tags(cfg), "finetuned": str(finetune_settings is not None)}
+        with tracking.tracked_run(run_name, tags) as mlflow_run:
             tracking.log_cache_key(entry.key)
-            set_seed(cfg.teacher.finetune.get("seed", cfg.seed))
+            set_seed(cfg.seed if finetune_settings is None else finetune_settings.get("seed", cfg.seed))
             model = models.load_pretrained_teacher(cfg.teacher, run.task)
             run.teacher_args.output_dir = str(trainer_dir)
             trainer = build_trainer(run, model, CELoss(LossContext(run.task)), None, run.teacher_args,
                                     [tracking.MlflowMetricsCallback()])
-            metrics = fit(run, trainer)
+            metrics = fit(run, trainer, train_model=finetune_settings is not None)
             tracking.log_final(run.task.main_metric, metrics)
         log.info("teacher %s on %s: dev %s", cfg.teacher.name, cfg.dataset.name, metrics)
         return model, run.tokenizer, metrics, mlflow_run.info.run_id
