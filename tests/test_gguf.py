@@ -96,7 +96,7 @@ def teacher_settings(folder, gguf_file="tiny.gguf"):
 def test_a_gguf_teacher_loads_dense_and_layer_dropped_students_copy_its_blocks(tiny_gguf, tmp_path):
     folder, values = tiny_gguf
     settings, task = teacher_settings(folder), get_task("sharegpt")
-    config = models.teacher_config(settings, task)
+    config = models.teacher_architecture(settings, task)
     assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("llama", LAYERS, HIDDEN)
     teacher = models.load_pretrained_teacher(settings, task)
     assert getattr(teacher, "hf_quantizer", None) is None and not teacher.is_quantized
@@ -189,7 +189,7 @@ def test_bad_gguf_files_and_too_deep_students_fail_before_any_work(make_config, 
 def test_the_real_smollm2_file_gives_a_teacher_and_a_block_copied_student(make_config):
     cfg = make_config("teacher=smollm2", "student=smollm2_l6", "dataset=sharegpt")
     task = get_task("sharegpt")
-    config = models.teacher_config(cfg.teacher, task)
+    config = models.teacher_architecture(cfg.teacher, task)
     assert (config.num_hidden_layers, config.hidden_size, config.vocab_size) == (30, 576, 49152)
     tokenizer = models.load_tokenizer(cfg.teacher)
     assert tokenizer.eos_token == "<|im_end|>" and "<|im_start|>assistant" in tokenizer.chat_template
