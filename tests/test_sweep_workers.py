@@ -14,6 +14,8 @@ from sweep_runs import children_of, finish, mlflow_runs, start_sweep, sweep, swe
 
 COMPLETE = optuna.trial.TrialState.COMPLETE
 PROBE = ["loss._target_=probe_losses.ProbeKDLoss"]  # KD that records its pid and torch threads
+# With KDSUITE_PROBE_TOGETHER=2 each trial waits until both have started, and fails if they can't
+# be running at once: a COMPLETE trial proves the two ran at the same time.
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -61,7 +63,7 @@ def test_two_workers_started_together_share_one_study_and_one_parent(tmp_path, g
 
 def test_n_jobs_runs_trials_at_once_in_processes_with_split_threads(tmp_path, glue_dir):
     probe = tmp_path / "probe.jsonl"
-    env = sweep_env(KDSUITE_PROBE_FILE=str(probe))
+    env = sweep_env(KDSUITE_PROBE_FILE=str(probe), KDSUITE_PROBE_TOGETHER="2")  # each trial waits for the other
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.pop(name, None)  # the sweeper, not the caller, splits the threads here
     sweep(tmp_path, glue_dir, "sweep=kd_weights", *PROBE, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
@@ -75,15 +77,14 @@ def test_n_jobs_runs_trials_at_once_in_processes_with_split_threads(tmp_path, gl
     _, runs = mlflow_runs(tmp_path)
     [parent] = sweep_parents(runs)
     children = children_of(runs, parent)
-    assert len(children) == 2
-    # Both trials ran at the same time: each started before the other ended.
-    assert max(child.info.start_time for child in children) < min(child.info.end_time for child in children)
+    assert len(children) == 2 and all(child.info.status == "FINISHED" for child in children)
 
 
 def test_submitit_local_launcher_runs_each_trial_as_its_own_job(tmp_path, glue_dir):
     probe = tmp_path / "probe.jsonl"
+    env = sweep_env(KDSUITE_PROBE_FILE=str(probe), KDSUITE_PROBE_TOGETHER="2")
     sweep(tmp_path, glue_dir, "sweep=kd_weights", *PROBE, "hydra/launcher=submitit_local",
-          "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", env=sweep_env(KDSUITE_PROBE_FILE=str(probe)))
+          "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", env=env)
 
     assert len({record["pid"] for record in probe_records(probe)}) == 2
     assert len(list((tmp_path / "multirun" / ".submitit").glob("*/*_result.pkl"))) == 2  # submitit's jobs
