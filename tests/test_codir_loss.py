@@ -82,8 +82,9 @@ def test_contrastive_loss_falls_when_student_and_teacher_align():
     torch.manual_seed(0)
     loss = CoDIRLoss(context([0, 1] * 50), num_negatives=20)
     teacher_z = F.normalize(torch.randn(8, 128), dim=-1)
-    aligned = loss.contrastive(teacher_z.clone(), teacher_z, torch.arange(8))
-    unrelated = loss.contrastive(F.normalize(torch.randn(8, 128), dim=-1), teacher_z, torch.arange(8))
+    negatives = loss.sampler(torch.arange(8))
+    aligned = loss.contrastive(teacher_z.clone(), teacher_z, torch.arange(8), negatives)
+    unrelated = loss.contrastive(F.normalize(torch.randn(8, 128), dim=-1), teacher_z, torch.arange(8), negatives)
     assert aligned.item() < unrelated.item()
 
 
@@ -91,10 +92,8 @@ def test_symmetric_averages_both_directions():
     loss = CoDIRLoss(context([0, 1] * 50), num_negatives=10, symmetric=True)
     z_s, z_t = F.normalize(torch.randn(4, 128), dim=-1), F.normalize(torch.randn(4, 128), dim=-1)
     index = torch.arange(4)
-    torch.manual_seed(5)
-    symmetric = loss.contrastive(z_s, z_t, index)
-    torch.manual_seed(5)
     negatives = loss.sampler(index)
+    symmetric = loss.contrastive(z_s, z_t, index, negatives)
     student_anchored = info_nce(z_s, z_t, loss.teacher_bank[negatives], loss.tau)
     teacher_anchored = info_nce(z_t, z_s, loss.student_bank[negatives], loss.tau)
     assert symmetric.item() == pytest.approx(0.5 * (student_anchored + teacher_anchored).item(), rel=1e-6)
@@ -137,10 +136,10 @@ def test_crd_nce_fixes_its_normalisers_at_the_first_batch():
     torch.manual_seed(0)
     loss = CoDIRLoss(context([0, 1] * 20), num_negatives=8, objective="crd_nce")
     z_s, z_t = F.normalize(torch.randn(4, 128), dim=-1), F.normalize(torch.randn(4, 128), dim=-1)
-    first = loss.contrastive(z_s, z_t, torch.arange(4))
+    first = loss.contrastive(z_s, z_t, torch.arange(4), loss.sampler(torch.arange(4)))
     norms = loss.nce_norms.clone()
     assert torch.isfinite(first) and (norms > 0).all()
-    loss.contrastive(z_t, z_s, torch.arange(4, 8))
+    loss.contrastive(z_t, z_s, torch.arange(4, 8), loss.sampler(torch.arange(4, 8)))
     assert torch.equal(loss.nce_norms, norms)
 
 
@@ -179,3 +178,72 @@ def test_the_old_weight_name_beta_is_refused(make_config):
     cfg = make_config("loss=codir", "+loss.beta=0.3")
     with pytest.raises(TypeError, match="'beta'"):
         instantiate(cfg.loss)(context=context([0, 1]))
+
+
+def test_heads_and_banks_come_from_the_run_seed():
+    """Every process of a run builds the same heads and banks, whatever its RNG state."""
+    torch.manual_seed(1)
+    first = CoDIRLoss(LossContext(get_task("rte"), [(1, 2)], 8, 8, torch.tensor([0, 1] * 10), seed=7))
+    torch.manual_seed(2)
+    second = CoDIRLoss(LossContext(get_task("rte"), [(1, 2)], 8, 8, torch.tensor([0, 1] * 10), seed=7))
+    other = CoDIRLoss(LossContext(get_task("rte"), [(1, 2)], 8, 8, torch.tensor([0, 1] * 10), seed=8))
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, second.state_dict()[name]), name
+    assert not torch.equal(first.student_bank, other.student_bank)
+    assert not torch.equal(first.student_bank, first.teacher_bank)
+
+
+def test_negatives_are_drawn_from_seed_and_draw_count():
+    """The draw depends on (seed, number of training draws) only, not on the global RNG."""
+    loss = CoDIRLoss(context([0, 1] * 50), num_negatives=16)
+    index = torch.arange(8)
+    torch.manual_seed(0)
+    first = loss.draw_negatives(index)
+    torch.manual_seed(1)
+    assert torch.equal(loss.draw_negatives(index), first)
+    loss.draws += 1
+    assert not torch.equal(loss.draw_negatives(index), first)
+
+
+def test_training_forward_counts_draws_and_eval_does_not():
+    loss = CoDIRLoss(context([0, 1, 0, 1, 1, 0]), num_negatives=4)
+    hidden = [torch.randn(3, 5, 8) for _ in range(5)]
+    batch = {"labels": torch.tensor([0, 1, 0]), "attention_mask": torch.ones(3, 5, dtype=torch.long),
+             "example_index": torch.tensor([0, 1, 2])}
+    loss.eval()
+    loss(fake_out(hidden, torch.randn(3, 2)), fake_out(hidden, torch.randn(3, 2)), batch)
+    assert int(loss.draws) == 0
+    loss.train()
+    loss(fake_out(hidden, torch.randn(3, 2)), fake_out(hidden, torch.randn(3, 2)), batch)
+    assert int(loss.draws) == 1
+
+
+def test_an_index_twice_in_one_update_counts_once_from_its_first_occurrence():
+    bank = F.normalize(torch.randn(4, 3), dim=-1)
+    expected = bank.clone()
+    embeddings = F.normalize(torch.randn(3, 3), dim=-1)
+    update_memory_bank(bank, torch.tensor([2, 0, 2]), embeddings, momentum=0.5)
+    update_memory_bank(expected, torch.tensor([2, 0]), embeddings[:2], momentum=0.5)
+    assert torch.equal(bank, expected)
+
+
+def test_ddp_does_not_broadcast_the_banks(tmp_path):
+    """The loss's buffers are ignored by DDP, so a divergence could not be hidden by rank 0's copy."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from kdsuite.trainer import attach_loss
+
+    student = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    student.register_buffer("running", torch.zeros(2))
+    loss = CoDIRLoss(context([0, 1] * 5), num_negatives=2)
+    attach_loss(student, loss)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(student)
+        broadcast = {id(buffer) for buffer in wrapped.modules_buffers}
+    finally:
+        dist.destroy_process_group()
+    assert id(student.running) in broadcast  # the model's own buffers are still DDP's
+    for buffer in (loss.student_bank, loss.teacher_bank, loss.draws, loss.nce_norms, loss.sampler.pools):
+        assert id(buffer) not in broadcast

@@ -40,7 +40,7 @@ def test_every_option_composes(make_config, group, option):
 def test_all_groups_are_covered():
     assert {group for group, _ in OPTIONS} == set(GROUPS)
     assert {"ce", "kd"} <= {option for group, option in OPTIONS if group == "loss"}
-    assert {"sst2", "mrpc", "rte", "cola", "stsb", "qnli", "dolly"} == {
+    assert {"sst2", "mrpc", "rte", "cola", "stsb", "qnli", "dolly", "sharegpt"} == {
         option for group, option in OPTIONS if group == "dataset"
     }
 
@@ -81,6 +81,16 @@ def test_fdd_gpt2_preset_is_the_papers_gpt2_setting(make_config):
 @pytest.mark.parametrize("loss", ["kd", "fdd"])
 def test_token_level_kd_runs_at_temperature_one_on_instruction_data_only(make_config, loss):
     assert make_config(f"loss={loss}", "dataset=dolly").loss.temperature == 1.0
+    assert make_config(f"loss={loss}", "dataset=sharegpt").loss.temperature == 1.0
     assert make_config(f"loss={loss}", "dataset=rte").loss.temperature == 2.0
     assert make_config(f"loss={loss}", "dataset=dolly", "loss.temperature=3").loss.temperature == 3
     assert "temperature" not in make_config("loss=ce", "dataset=dolly").loss
+
+
+def test_causal_real_preset_uses_the_gguf_teacher_as_it_comes(make_config):
+    cfg = make_config("experiment=causal_real")
+    assert (cfg.teacher.name, cfg.student.name, cfg.dataset.name) == ("smollm2", "smollm2_l6", "sharegpt")
+    assert cfg.teacher.finetune is None and cfg.teacher.gguf_file.endswith(".gguf")
+    assert cfg.teacher.hub_name == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert cfg.dataset.template == "chat" and cfg.loss.temperature == 1.0
+    assert instantiate(cfg.mapping)(6, 30) == [(1, 6), (2, 12), (3, 18), (4, 24)]

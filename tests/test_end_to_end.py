@@ -91,6 +91,10 @@ def test_nan_loss_fails_the_run(make_config):
         train(cfg)
     [student] = runs(cfg, "student")
     assert student.info.status == "FAILED"
+    assert student.data.tags["error"].startswith("FloatingPointError: non-finite loss at step 2")
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    trace = client.download_artifacts(student.info.run_id, "traceback.txt")
+    assert "FloatingPointError" in open(trace).read()
 
 
 @pytest.mark.parametrize(
@@ -101,6 +105,11 @@ def test_nan_loss_fails_the_run(make_config):
         ("student=bert6l", ValueError, "has 6 layers but the teacher has 4"),
         ("mapping=custom", Exception, "pairs"),
         ("loss.alpha=2.0", ValueError, "loss.alpha=2.0"),
+        ("loss.temperature=nan", ValueError, "loss.temperature=nan is not a finite number"),
+        ("trainer.learning_rate=inf", ValueError, "trainer.learning_rate=inf is not a finite number"),
+        ("+trainer.lerning_rate=1e-4", ValueError, r"trainer.lerning_rate \(did you mean trainer.learning_rate\?\)"),
+        ("+teacher.finetune.warmup_step=3", ValueError, r"teacher.finetune.warmup_step \(did you mean"),
+        ("loss=codir", ValueError, "codir needs lambda_crd >= 0, tau > 0"),
     ],
 )
 def test_bad_config_fails_before_any_work(make_config, tmp_path, override, error, message):
@@ -108,11 +117,24 @@ def test_bad_config_fails_before_any_work(make_config, tmp_path, override, error
     if override == "mapping=custom":
         overrides.append("mapping.pairs=[[1,9]]")
         message = "teacher layer 9 is out of range 1..4"
+    if override == "loss=codir":
+        overrides.append("loss.tau=0")
     cfg = make_config(*overrides)
     with pytest.raises(error, match=message):
         train(cfg)
     assert not (tmp_path / "cache").exists()  # no teacher was fine-tuned
-    assert runs(cfg) == []
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was opened
+
+
+def test_loss_settings_are_checked_before_the_data_is_loaded(make_config, monkeypatch):
+    """The data step can be a hub download: a bad loss setting must not wait for it."""
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the loss settings were checked")
+
+    monkeypatch.setattr("kdsuite.run.assembly.load_run_data", no_data)
+    with pytest.raises(ValueError, match="loss.temperature=-1.0 must be > 0"):
+        train(make_config(*TINY_RUN, "loss.temperature=-1.0"))
 
 
 @pytest.mark.parametrize(

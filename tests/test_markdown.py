@@ -94,5 +94,5 @@ def test_reports_do_not_import_the_training_side():
     probe = ("import sys, kdsuite.reports.markdown, kdsuite.reports.results_table, kdsuite.reports.comparison, "
              "kdsuite.reports.sweep_report; print(' '.join(sorted(m for m in sys.modules if m.startswith('kdsuite'))))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
-    training = {"kdsuite.train", "kdsuite.trainer", "kdsuite.teacher", "kdsuite.tracking", "kdsuite.losses"}
+    training = {"kdsuite.run", "kdsuite.trainer", "kdsuite.losses", "kdsuite.data"}
     assert "kdsuite.reports.comparison" in loaded and not training & set(loaded), loaded

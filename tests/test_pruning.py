@@ -29,4 +29,22 @@ def test_pruned_run_is_killed_in_mlflow(tmp_path):
     with pytest.raises(optuna.TrialPruned):
         with tracking.tracked_run("pruned", {"role": "student"}) as run:
             raise optuna.TrialPruned("stop")
-    assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "KILLED"
+    pruned = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert pruned.info.status == "KILLED"
+    assert pruned.data.tags["pruned"] == "true" and "error" not in pruned.data.tags
+
+
+def test_sweeper_overrides_name_the_trial_that_pruning_reports_to(make_config, tmp_path):
+    """The sweeper's `optuna.*` overrides compose without `+` and lead pruning to the same trial."""
+    from kdsuite.run.optuna_trial import trial_overrides
+    from kdsuite.run.pruning import pruning_callbacks
+
+    assert pruning_callbacks(make_config(), "accuracy") == []  # a plain run: the keys are null
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    study.ask()
+    trial = study.ask()
+    [callback] = pruning_callbacks(make_config(*trial_overrides(storage, "s", trial._trial_id)), "accuracy")
+    callback.on_evaluate(None, SimpleNamespace(global_step=3), None, metrics={"eval_accuracy": 0.5})
+    reloaded = optuna.load_study(study_name="s", storage=storage).trials
+    assert reloaded[1].intermediate_values == {3: 0.5} and reloaded[0].intermediate_values == {}

@@ -1,54 +1,38 @@
 """Optuna sweeps through Hydra multirun (`kdsuite_optuna` sweeper), on tiny models and small real
 data: trials in the RDB study, one MLflow parent run with a child per trial, the best trial
-reported, resuming, and a failing trial that does not stop the sweep."""
+reported, resuming with new parameters, a study per experiment, and failing trials that surface."""
 
-import os
-import subprocess
-import sys
+import re
 
-import mlflow
 import optuna
 import pytest
+from omegaconf import OmegaConf
 
-from conftest import REPO
+from sweep_runs import children_of, mlflow_runs, sweep, sweep_parents
 
-FAST = [
-    "experiment=smoke", "trainer.max_steps=2", "trainer.eval_strategy=no", "teacher.finetune.max_steps=2",
-    "dataset.max_train_samples=32", "dataset.max_eval_samples=32",
-]
+STUDY_NAME = re.compile(r"^fdd_weights_rte_bert2l_[0-9a-f]{10}$")
 
 
-def sweep(tmp_path, glue_dir, *overrides):
-    command = [
-        sys.executable, str(REPO / "run.py"), "-m", *FAST, *overrides,
-        f"dataset.data_dir={glue_dir}", f"cache_dir={tmp_path / 'cache'}",
-        f"hydra.sweep.dir={tmp_path / 'multirun'}",
-    ]
-    # tests/ for the failing losses, then whatever PYTHONPATH already names (a worktree's src/)
-    paths = [str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path for path in paths if path)}
-    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
-
-
-def mlflow_runs(tmp_path):
-    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("kdsuite")
-    return client, client.search_runs([experiment.experiment_id])
+def only_study(tmp_path, known=()) -> optuna.Study:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    [name] = [name for name in optuna.get_all_study_names(storage) if name not in known]
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def test_fdd_weight_sweep_tracks_parent_children_and_best(tmp_path, glue_dir):
-    sweep(tmp_path, glue_dir, "sweep=fdd_weights", "hydra.sweeper.n_trials=3")
-    study = optuna.load_study(study_name="fdd_weights_rte_bert2l", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    sweep(tmp_path, glue_dir, "sweep=fdd_weights", "hydra.sweeper.n_trials=2")
+    study = only_study(tmp_path)
+    assert STUDY_NAME.match(study.study_name), study.study_name  # <preset>_<task>_<student>_<hash>
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert set(study.trials[0].params) == {"loss.alpha_traj", "loss.beta_delta", "loss.temperature"}
 
     client, runs = mlflow_runs(tmp_path)
-    [parent] = [run for run in runs if run.data.tags.get("role") == "sweep"]
-    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert len(children) == 3 and all(child.info.status == "FINISHED" for child in children)
+    [parent] = sweep_parents(runs)
+    children = children_of(runs, parent)
+    assert len(children) == 2 and all(child.info.status == "FINISHED" for child in children)
     assert parent.info.status == "FINISHED"
+    assert parent.data.tags["optuna_study"] == study.study_name
+    assert study.study_name.endswith(parent.data.tags["study_hash"])
     assert len([run for run in runs if run.data.tags.get("role") == "teacher"]) == 1  # cached once
     for child in children:
         trial = study.trials[int(child.data.tags["optuna_trial"])]
@@ -63,17 +47,32 @@ def test_fdd_weight_sweep_tracks_parent_children_and_best(tmp_path, glue_dir):
     for name, value in best.params.items():
         assert parent.data.tags[f"best.{name}"] == str(value)
     artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "sweep")}
-    assert {"sweep/trials.csv", "sweep/trials.md", "sweep/optimization_history.png"} <= artifacts
+    assert {"sweep/trials.csv", "sweep/trials.md", "sweep/optimization_history.png",
+            "sweep/study_identity.yaml"} <= artifacts
+    identity = client.download_artifacts(parent.info.run_id, "sweep/study_identity.yaml", str(tmp_path))
+    identity = OmegaConf.load(identity)
+    assert identity.hash == parent.data.tags["study_hash"] and identity.study_name == study.study_name
+    assert identity.hashed_config.trainer.learning_rate == 1e-4
+    assert "alpha_traj" not in identity.hashed_config.loss and "loss.alpha_traj" in identity.excluded
     table = (tmp_path / "multirun" / "optuna" / "trials.md").read_text()
-    assert table.count("COMPLETE") == 3
+    assert table.count("COMPLETE") == 2
 
-    # The same command again resumes the study and the parent run.
-    sweep(tmp_path, glue_dir, "sweep=fdd_weights", "hydra.sweeper.n_trials=2")
-    study = optuna.load_study(study_name="fdd_weights_rte_bert2l", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    assert len(study.trials) == 5
+    # The same command again resumes the study and the parent run, with parameters of its own.
+    sweep(tmp_path, glue_dir, "sweep=fdd_weights", "hydra.sweeper.n_trials=1")
+    study = only_study(tmp_path)
+    assert len(study.trials) == 3
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 3
     client, runs = mlflow_runs(tmp_path)
-    assert len([run for run in runs if run.data.tags.get("role") == "sweep"]) == 1
-    assert len([run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]) == 5
+    assert [p.info.run_id for p in sweep_parents(runs)] == [parent.info.run_id]
+    assert len(children_of(runs, parent)) == 3
+
+    # Other trainer settings are another experiment: a study and a parent run of their own.
+    sweep(tmp_path, glue_dir, "sweep=fdd_weights", "hydra.sweeper.n_trials=1", "trainer.learning_rate=3e-3")
+    other = only_study(tmp_path, known={study.study_name})
+    assert STUDY_NAME.match(other.study_name) and other.study_name != study.study_name
+    assert len(other.trials) == 1 and len(only_study(tmp_path, known={other.study_name}).trials) == 3
+    _, runs = mlflow_runs(tmp_path)
+    assert {p.data.tags["optuna_study"] for p in sweep_parents(runs)} == {study.study_name, other.study_name}
 
 
 def test_failing_trial_is_fail_and_failed_and_the_sweep_goes_on(tmp_path, glue_dir):
@@ -83,6 +82,8 @@ def test_failing_trial_is_fail_and_failed_and_the_sweep_goes_on(tmp_path, glue_d
         "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler",
         "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=failing",
     )
+    # An explicit study name wins over the default one.
+    assert optuna.get_all_study_names(f"sqlite:///{tmp_path / 'optuna.db'}") == ["failing"]
     study = optuna.load_study(study_name="failing", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     states = {t.params["loss._target_"]: t.state for t in study.trials}
     assert states == {
@@ -93,8 +94,28 @@ def test_failing_trial_is_fail_and_failed_and_the_sweep_goes_on(tmp_path, glue_d
     children = {run.data.tags.get("sampled.loss._target_"): run.info.status for run in runs
                 if run.data.tags.get("role") == "student"}
     assert children == {"kdsuite.losses.kd.KDLoss": "FINISHED", "failing_losses.NaNLoss": "FAILED"}
-    [parent] = [run for run in runs if run.data.tags.get("role") == "sweep"]
-    assert parent.info.status == "FINISHED"
+    [parent] = sweep_parents(runs)
+    assert parent.info.status == "FINISHED"  # some trials failed: the sweep finishes and counts them
+    assert parent.data.metrics["n_failed"] == 1 and parent.data.metrics["n_complete"] == 1
+    failed = [t.number for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert parent.data.tags["failed_trials"] == str(failed[0])
+
+
+def test_sweep_whose_trials_all_fail_exits_nonzero_with_a_failed_parent(tmp_path, glue_dir):
+    result = sweep(
+        tmp_path, glue_dir, "hydra/sweeper=kdsuite_optuna", "loss=kd", "loss.temperature=choice(-1.0,-2.0)",
+        "hydra.sweeper.sampler._target_=optuna.samplers.BruteForceSampler", "hydra.sweeper.n_trials=2",
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "all 2 trials of study" in result.stderr
+    study = only_study(tmp_path)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 2
+    _, runs = mlflow_runs(tmp_path)
+    [parent] = sweep_parents(runs)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["error"].startswith("trial 0: ")
+    assert "temperature" in parent.data.tags["error"]
 
 
 def test_search_space_syntax():

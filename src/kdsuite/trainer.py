@@ -12,13 +12,20 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import shutil
+from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from kdsuite.distributed import all_reduce_sum, cpu_only_launch
 from kdsuite.losses.base import DistillationLoss
+from kdsuite.signals import deferred_signals
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
+STAGING_DIR = ".saving"  # checkpoints are written here, then renamed into place
 
 
 def model_inputs(batch: dict) -> dict:
@@ -34,7 +41,11 @@ def attach_loss(model, loss: DistillationLoss, teacher=None) -> None:
 
 
 class TermAverager:
-    """Running means of detached loss terms, kept on device so logging causes the only sync."""
+    """Running means of detached loss terms, kept on device so logging causes the only sync.
+
+    Under DDP `pop` is collective: the means are over the micro-batches of every process (one
+    all-reduce), so each process logs the run's global means.
+    """
 
     def __init__(self):
         self.sums: dict[str, torch.Tensor] = {}
@@ -47,9 +58,14 @@ class TermAverager:
         self.count += 1
 
     def pop(self) -> dict[str, float]:
-        means = {name: (total / self.count).item() for name, total in self.sums.items()}
+        names = sorted(self.sums)
+        if not names:  # a loss with no term but its total: nothing to log, on every process alike
+            self.count = 0
+            return {}
+        totals = torch.stack([self.sums[name] for name in names] + [self.sums[names[0]].new_tensor(self.count)])
+        totals = all_reduce_sum(totals)
         self.sums, self.count = {}, 0
-        return means
+        return {name: (total / totals[-1]).item() for name, total in zip(names, totals)}
 
 
 class _LogEpochTerms(TrainerCallback):
@@ -124,6 +140,30 @@ class DistillationTrainer(Trainer):
             share = share * self.accelerator.num_processes  # DDP averages gradients over ranks
         return loss * share
 
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write `checkpoint-<step>` under a temporary folder, then rename it into place, with
+        SIGTERM/SIGINT held back until the save is done: a kill never leaves a folder that looks
+        like a complete checkpoint. Rotation (`save_total_limit`) keeps the newest by step."""
+        run_dir = Path(self._get_output_dir(trial))
+        staging = run_dir / STAGING_DIR
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        with deferred_signals():
+            if self.args.should_save:
+                shutil.rmtree(staging, ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+            self._get_output_dir = lambda trial=None: str(staging)  # the instance attribute shadows the method
+            try:
+                super()._save_checkpoint(model, trial)
+            finally:
+                del self._get_output_dir
+            self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states)
+            if self.args.should_save:
+                shutil.rmtree(run_dir / name, ignore_errors=True)  # the same step saved again after a resume
+                os.replace(staging / name, run_dir / name)
+                shutil.rmtree(staging, ignore_errors=True)
+                rotate_checkpoints(str(run_dir), self.args.save_total_limit, use_mtime=False)
+            self.accelerator.wait_for_everyone()
+
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """Evaluation is of the student alone: its task loss and its logits (the loss only for
         causal LMs, whose sampled responses are scored separately)."""
@@ -183,12 +223,18 @@ def training_arguments(settings: dict, output_dir: str, seed: int, section: str 
     in errors).
 
     The suite owns MLflow (`report_to="none"`) and keeps `example_index` in batches
-    (`remove_unused_columns=False`).
+    (`remove_unused_columns=False`). Under DDP, `ddp_find_unused_parameters` defaults to false: a
+    loss's learned parts (projections, heads) are used after the model's forward, so DDP's search
+    for unused parameters at the end of the forward would count them as unused and then fail when
+    their gradients arrive. Several processes on a machine without an accelerator get `use_cpu`,
+    without which transformers would not start DDP (gloo) there.
     """
     settings = dict(settings)
     settings["bf16"] = resolve_bf16(settings.get("bf16", "auto"))
     settings.setdefault("seed", seed)
     settings.setdefault("dataloader_pin_memory", torch.cuda.is_available())
+    settings.setdefault("ddp_find_unused_parameters", False)
+    settings.setdefault("use_cpu", cpu_only_launch())
     known = {field.name for field in dataclasses.fields(TrainingArguments) if field.init}
     unknown = sorted(set(settings) - known)
     if unknown:

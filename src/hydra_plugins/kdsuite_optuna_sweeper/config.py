@@ -9,12 +9,14 @@ from hydra.core.config_store import ConfigStore
 @dataclass
 class KdsuiteOptunaSweeperConf:
     _target_: str = "hydra_plugins.kdsuite_optuna_sweeper.sweeper.KdsuiteOptunaSweeper"
+    _recursive_: bool = False  # sampler and pruner arrive as specs: the sampler is built per trial
     # The Optuna study; re-running the same sweep with the same name and storage resumes it.
-    study_name: Optional[str] = None  # null: "kdsuite_" + a hash of the fixed overrides and space
+    study_name: Optional[str] = None  # null: <preset>_<task>_<student>_<hash of the experiment>
     storage: Optional[str] = "sqlite:///optuna.db"  # any Optuna RDB URL; null: in memory
     direction: str = "maximize"  # every kdsuite objective (the task's main dev metric) is maximised
     n_trials: int = 12  # trials added by this invocation
-    n_jobs: int = 1  # trials asked per batch and handed to the launcher together
+    n_jobs: int = 1  # trials run at once, each in its own process (needs a parallel hydra/launcher)
+    # Built afresh per trial with seed SeedSequence((seed, trial number)); see sampling.py.
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 0})
     pruner: Any = None  # e.g. {_target_: optuna.pruners.MedianPruner}; trials report each eval
     # Search space: key -> Hydra override syntax, e.g. "tag(log, interval(0.1, 10))",

@@ -5,19 +5,34 @@ launcher that runs jobs); Optuna does the searching through ask/tell, so any cur
 release works (the published `hydra-optuna-sweeper` pins optuna<3, whose SQL storage breaks
 under SQLAlchemy 2).
 
-Per sweep: one Optuna study in an RDB (`storage`, `study_name`; re-running resumes it, and several
-processes or machines sharing the URL work on one study, Optuna's distributed mode), one MLflow
-parent run (tag `role=sweep`, resumed with the study), and per trial a child run made by the
-trial itself (`tracking.parent_run_id`), tagged with the trial number and the sampled values. A
-trial that raises is FAIL in Optuna (PRUNED when it was pruned) and FAILED in MLflow; the sweep
-goes on. At the end the parent run gets the best trial's params and value, a per-trial table
-(CSV and Markdown) and Optuna's plots, also written to the sweep folder.
+Per sweep: one Optuna study in an RDB (`storage`; its name is `study_name`, else
+`<preset>_<task>_<student>_<hash>` from `study_identity`), one MLflow parent run (tag
+`role=sweep`), and per trial a child run made by the trial itself (`tracking.parent_run_id`),
+tagged with the trial number and the sampled values. Re-running the same sweep resumes the study
+and its parent; several processes or machines sharing the storage work on one study.
+
+Sharing is safe: creating the study and the parent run, and asking for trials, happen under a lock
+held in the study's database (`kdsuite.run.store_lock.database_lock`), so there is one parent per study
+and a sampler always sees the trials other workers have started; and each trial's sampler is
+seeded by the trial's number (`sampling.py`), so no two workers draw the same parameters.
+
+`n_jobs` trials are asked at once and handed to the launcher together; a parallel launcher
+(`hydra/launcher=processes`, `submitit_local`, `submitit_slurm`) runs them at the same time, each
+in its own process, and on this machine the CPU threads are split between them.
+
+A trial that raises is FAIL in Optuna (PRUNED when it was pruned) and FAILED in MLflow; the sweep
+goes on, and the parent counts the failures. If every trial of the invocation failed, the parent
+ends FAILED with the first error as tag `error`, and the sweep raises (a non-zero exit). At the end
+the parent gets the best trial's params and value, a per-trial table (CSV and Markdown) and
+Optuna's plots, also written to the sweep folder.
 """
 
-from __future__ import annotations
 
-import hashlib
 import logging
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,67 +42,147 @@ from hydra.core.plugins import Plugins
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from hydra.utils import instantiate
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.kdsuite_optuna_sweeper.sampling import TrialSeededSampler
 from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
+from hydra_plugins.kdsuite_optuna_sweeper.study_identity import StudyIdentity, identify
+from kdsuite.distributed import world_size
 from kdsuite.reports import sweep_report
+from kdsuite.run.optuna_trial import open_storage, trial_overrides
+from kdsuite.run.store_lock import database_lock, sqlite_lock
 
 log = logging.getLogger(__name__)
 
+SEQUENTIAL_LAUNCHERS = ("hydra._internal.core_plugins.basic_launcher.BasicLauncher",)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+MAX_TAG_LENGTH = 5000
+DEFAULT_SAMPLER = {"_target_": "optuna.samplers.TPESampler", "seed": None}
+
+
+class SweepFailed(RuntimeError):
+    """Every trial of a sweep invocation failed."""
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: optuna.trial.TrialState
+    value: float | None = None
+    error: str | None = None
+
+
+def without_password(url: str | None) -> str:
+    """The storage URL as it may be logged: any password replaced by ***."""
+    if not url or "@" not in url:
+        return str(url)
+    import sqlalchemy
+
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+
 
 def _built(spec: Any) -> Any:
-    """Sampler/pruner given as an object (Hydra instantiates plugins recursively) or a config."""
+    """A pruner given as a `_target_` config, or None."""
     if spec is None or not isinstance(spec, (dict, DictConfig)):
         return spec
     return instantiate(spec)
 
 
+def split_cpu_threads(n_jobs: int) -> int | None:
+    """Give each of `n_jobs` trial processes on this machine an equal share of its CPU cores by
+    setting OMP/MKL/OpenBLAS thread counts in the environment trial processes inherit (torch reads
+    OMP_NUM_THREADS when it starts). Returns the threads per trial; None when the user set them."""
+    if any(name in os.environ for name in THREAD_VARIABLES):
+        return None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // n_jobs)
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    return threads
+
+
 class KdsuiteOptunaSweeper(Sweeper):
     def __init__(self, study_name, storage, direction, n_trials, n_jobs, sampler, pruner, params):
+        if n_jobs < 1 or n_trials < 1:
+            raise ValueError(f"hydra.sweeper: n_jobs={n_jobs} and n_trials={n_trials} must both be >= 1")
         self.study_name = study_name
         self.storage = storage
         self.direction = direction
         self.n_trials = n_trials
-        self.n_jobs = max(1, n_jobs)
-        self.sampler = _built(sampler)
+        self.n_jobs = n_jobs
+        self.sampler_spec = sampler if sampler is not None else DEFAULT_SAMPLER
         self.pruner = _built(pruner)
         self.params = dict(params or {})
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config = config
         self.config_loader = hydra_context.config_loader  # used by validate_batch_is_legal
+        launcher = config.hydra.launcher._target_
+        if self.n_jobs > 1 and launcher in SEQUENTIAL_LAUNCHERS:
+            raise ValueError(
+                f"hydra.sweeper.n_jobs={self.n_jobs} runs trials at the same time, but Hydra's basic "
+                "launcher runs them one after another: add hydra/launcher=processes (on this machine), "
+                "hydra/launcher=submitit_local or hydra/launcher=submitit_slurm"
+            )
+        if self.n_jobs > 1 and "slurm" not in launcher.lower():
+            threads = split_cpu_threads(self.n_jobs)
+            if threads is not None:
+                log.info("%d trials at once on this machine: %d CPU threads each", self.n_jobs, threads)
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
         self.sweep_dir = Path(config.hydra.sweep.dir)
 
     # -- study and parent run ---------------------------------------------------------------
-    def _study_name(self, fixed: list[str], space: dict) -> str:
-        if self.study_name:
-            return self.study_name
-        key = repr((sorted(fixed), sorted((name, repr(dist)) for name, dist in space.items())))
-        return "kdsuite_" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    def _study_lock(self, study_name: str):
+        """Serialises study creation, parent-run creation and asks across every worker."""
+        return database_lock(self.storage, f"kdsuite_optuna_study:{study_name}") if self.storage else nullcontext()
 
-    def _parent_run(self, client: mlflow.MlflowClient, study_name: str) -> str:
-        """The sweep's MLflow parent run: the one this study already has, or a new one."""
+    def _identity(self, fixed: list[str], space: dict) -> StudyIdentity:
+        composed = self.config_loader.load_sweep_config(self.config, list(fixed))
+        preset = self.config.hydra.runtime.choices.get("sweep")
+        return identify(composed, space.keys(), preset)
+
+    def _parent_run(self, study_name: str, identity: StudyIdentity) -> tuple[mlflow.MlflowClient, str]:
+        """The sweep's MLflow parent run: the one this study already has, or a new one. Called
+        under the study lock, so concurrent workers find the one the first of them made."""
         tracking = self.config.tracking
-        experiment = client.get_experiment_by_name(tracking.experiment)
-        experiment_id = experiment.experiment_id if experiment else client.create_experiment(tracking.experiment)
+        with sqlite_lock(tracking.uri):  # a new SQLite tracking store is created once
+            client = mlflow.MlflowClient(tracking.uri)
+            experiment = client.get_experiment_by_name(tracking.experiment)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            try:
+                experiment_id = client.create_experiment(tracking.experiment)
+            except MlflowException:  # made meanwhile by a process outside this study
+                experiment_id = client.get_experiment_by_name(tracking.experiment).experiment_id
         found = client.search_runs(
             [experiment_id],
             filter_string=f"tags.role = 'sweep' and tags.optuna_study = '{study_name}'",
-            order_by=["attributes.start_time DESC"],
+            order_by=["attributes.start_time ASC"],
             max_results=1,
         )
         if found:
-            client.update_run(found[0].info.run_id, status="RUNNING")
-            return found[0].info.run_id
-        run = client.create_run(
-            experiment_id,
-            run_name=f"sweep-{study_name}",
-            tags={"role": "sweep", "optuna_study": study_name, "optuna_storage": str(self.storage)},
+            run_id = found[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+        else:
+            run_id = client.create_run(
+                experiment_id,
+                run_name=f"sweep-{study_name}",
+                tags={"role": "sweep", "optuna_study": study_name, "optuna_storage": without_password(self.storage)},
+            ).info.run_id
+        client.set_tag(run_id, "study_hash", identity.hash)
+        client.log_text(
+            run_id,
+            OmegaConf.to_yaml(OmegaConf.create({
+                "study_name": study_name, "default_name": identity.default_name, "hash": identity.hash,
+                "excluded": list(identity.excluded), "hashed_config": identity.hashed_config,
+            })),
+            "sweep/study_identity.yaml",
         )
-        return run.info.run_id
+        return client, run_id
 
     # -- trials -----------------------------------------------------------------------------
     def _trial_overrides(self, fixed, trial, study_name, parent_run_id) -> list[str]:
@@ -99,11 +194,7 @@ class KdsuiteOptunaSweeper(Sweeper):
             f"+tracking.tags.optuna_trial={trial.number}",
         ]
         if self.storage:
-            bookkeeping += [
-                f"+optuna.storage='{self.storage}'",
-                f"+optuna.study_name={study_name}",
-                f"+optuna.trial_id={trial._trial_id}",
-            ]
+            bookkeeping += trial_overrides(self.storage, study_name, trial._trial_id)
         return [*fixed, *sampled, *bookkeeping]
 
     @staticmethod
@@ -116,85 +207,142 @@ class KdsuiteOptunaSweeper(Sweeper):
         )
         return found[0] if found else None
 
+    def _launch(self, jobs: list[list[str]], numbers: list[int]):
+        """Run the jobs; each job's number (and output subfolder) is its trial's number. Numbers
+        asked under the lock are consecutive; enqueued trials may not be, and go one by one."""
+        if numbers == list(range(numbers[0], numbers[0] + len(numbers))):
+            return list(self.launcher.launch(jobs, initial_job_idx=numbers[0]))
+        return [ret for job, number in zip(jobs, numbers) for ret in self.launcher.launch([job], number)]
+
     def sweep(self, arguments: list[str]) -> None:
+        if world_size() > 1:
+            raise RuntimeError(
+                f"kdsuite_optuna sweeper: not started under torchrun/accelerate launch (WORLD_SIZE="
+                f"{world_size()}): each process would run its own sweep and ask Optuna for trials of "
+                f"its own. Start one sweep per GPU instead, e.g. CUDA_VISIBLE_DEVICES=0 python run.py "
+                f"-m ..., all with the same hydra.sweeper.storage (README: 'More than one GPU')"
+            )
         fixed, space = split_overrides(arguments, self.params)
         if not space:
             raise ValueError(
                 "kdsuite_optuna sweeper: nothing to search; give hydra.sweeper.params or sweep "
                 "overrides such as 'loss.alpha_traj=interval(0.1,10)'"
             )
-        study_name = self._study_name(fixed, space)
-        study = optuna.create_study(
-            study_name=study_name, storage=self.storage, sampler=self.sampler, pruner=self.pruner,
-            direction=self.direction, load_if_exists=True,
-        )
-        client = mlflow.MlflowClient(self.config.tracking.uri)
-        parent_run_id = self._parent_run(client, study_name)
+        identity = self._identity(fixed, space)
+        study_name = self.study_name or identity.default_name
+        storage = open_storage(self.storage)
+        with self._study_lock(study_name):
+            study = optuna.create_study(
+                study_name=study_name, storage=storage, sampler=TrialSeededSampler(self.sampler_spec),
+                pruner=self.pruner, direction=self.direction, load_if_exists=True,
+            )
+            client, parent_run_id = self._parent_run(study_name, identity)
         experiment_id = client.get_run(parent_run_id).info.experiment_id
-        log.info("study %s (%d earlier trials) in %s; MLflow parent run %s",
-                 study_name, len(study.trials), self.storage, parent_run_id)
+        log.info("study %s (%d earlier trials) in %s; MLflow parent run %s; experiment hash %s",
+                 study_name, len(study.trials), self.storage, parent_run_id, identity.hash)
 
+        outcomes: list[TrialOutcome] = []
+        pending: list[optuna.Trial] = []  # asked, not told yet
         try:
-            launched, exhausted = 0, False
-            while launched < self.n_trials and not exhausted:
-                batch = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - launched))]
-                jobs = [self._trial_overrides(fixed, t, study_name, parent_run_id) for t in batch]
+            exhausted = False
+            while len(outcomes) < self.n_trials and not exhausted:
+                with self._study_lock(study_name):
+                    pending = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - len(outcomes)))]
+                jobs = [self._trial_overrides(fixed, t, study_name, parent_run_id) for t in pending]
                 self.validate_batch_is_legal(jobs)
-                returns = self.launcher.launch(jobs, initial_job_idx=launched)
-                for trial, job in zip(batch, returns):
-                    exhausted |= self._tell(study, trial, job)
-                    child = self._child_run(client, experiment_id, parent_run_id, trial.number)
-                    if child is not None:
-                        for name, value in trial.params.items():
-                            client.set_tag(child.info.run_id, f"sampled.{name}", str(value))
-                launched += len(batch)
+                returns = self._launch(jobs, [trial.number for trial in pending])
+                for trial, job in zip(list(pending), returns):
+                    outcome, stop = self._tell(study, trial, job)
+                    pending.remove(trial)
+                    outcomes.append(outcome)
+                    exhausted |= stop
+                    self._record_trial(client, experiment_id, parent_run_id, trial, outcome)
             self._report(study, client, experiment_id, parent_run_id)
-        except BaseException:
+        except BaseException as error:
+            for trial in pending:  # not left RUNNING, where samplers would count them as taken
+                try:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+                except Exception as tell_error:  # the sweep's own error is the one to raise
+                    log.warning("could not mark trial %d FAIL: %s", trial.number, tell_error)
+            client.set_tag(parent_run_id, "error", f"{type(error).__name__}: {error}"[:MAX_TAG_LENGTH])
             client.set_terminated(parent_run_id, status="FAILED")
             raise
+        failed = [outcome for outcome in outcomes if outcome.state == optuna.trial.TrialState.FAIL]
+        if outcomes and len(failed) == len(outcomes):
+            first = f"trial {failed[0].number}: {failed[0].error}"
+            client.set_tag(parent_run_id, "error", first[:MAX_TAG_LENGTH])
+            client.set_terminated(parent_run_id, status="FAILED")
+            raise SweepFailed(f"all {len(failed)} trials of study {study_name} failed; first error: {first}")
         client.set_terminated(parent_run_id, status="FINISHED")
 
     @staticmethod
-    def _tell(study: optuna.Study, trial: optuna.Trial, job) -> bool:
-        """Record the job's outcome in the study; True when the sampler has exhausted its space.
+    def _tell(study: optuna.Study, trial: optuna.Trial, job) -> tuple[TrialOutcome, bool]:
+        """Record the job's outcome in the study. Returns it, and True when the sampler has
+        exhausted its space.
 
         Grid and brute-force samplers call `study.stop()` once every point is tried, which Optuna
         refuses outside `optimize()`; the result is stored before that call, so it only means stop.
         """
+        states = optuna.trial.TrialState
+        error = job._return_value
         if job.status == JobStatus.COMPLETED and job.return_value is not None:
-            outcome = {"values": float(job.return_value)}
-        elif isinstance(job._return_value, optuna.TrialPruned):
-            outcome = {"state": optuna.trial.TrialState.PRUNED}
+            value = float(job.return_value)
+            outcome, told = TrialOutcome(trial.number, states.COMPLETE, value), {"values": value}
+        elif isinstance(error, optuna.TrialPruned):
+            outcome, told = TrialOutcome(trial.number, states.PRUNED), {"state": states.PRUNED}
             log.info("trial %d pruned", trial.number)
         else:
-            outcome = {"state": optuna.trial.TrialState.FAIL}
-            log.warning("trial %d failed: %r; the sweep goes on", trial.number, job._return_value)
+            if isinstance(error, BaseException):
+                message = f"{type(error).__name__}: {error}"
+            else:
+                message = f"returned {error!r}, not a number"
+            outcome, told = TrialOutcome(trial.number, states.FAIL, error=message), {"state": states.FAIL}
+            log.warning("trial %d failed: %s; the sweep goes on", trial.number, message)
         try:
-            study.tell(trial, **outcome)
-        except RuntimeError as error:
-            if "Study.stop" not in str(error):
+            study.tell(trial, **told)
+        except RuntimeError as stop:
+            if "Study.stop" not in str(stop):
                 raise
             log.info("the sampler has tried its whole search space; the sweep stops")
-            return True
-        return False
+            return outcome, True
+        return outcome, False
+
+    def _record_trial(self, client, experiment_id, parent_run_id, trial, outcome: TrialOutcome) -> None:
+        """Tag the trial's child run with its sampled values; log its value on the parent."""
+        child = self._child_run(client, experiment_id, parent_run_id, trial.number)
+        if child is not None:
+            for name, value in trial.params.items():
+                client.set_tag(child.info.run_id, f"sampled.{name}", str(value))
+        if outcome.value is not None:
+            client.log_metric(parent_run_id, "trial_value", outcome.value, step=trial.number)
 
     # -- end of sweep -----------------------------------------------------------------------
     def _report(self, study, client, experiment_id, parent_run_id) -> None:
+        trials = study.trials
         run_ids = {}
-        for trial in study.trials:
+        for trial in trials:
             child = self._child_run(client, experiment_id, parent_run_id, trial.number)
             if child is not None:
                 run_ids[trial.number] = child.info.run_id
-            if trial.value is not None:
-                client.log_metric(parent_run_id, "trial_value", trial.value, step=trial.number)
         report_dir = self.sweep_dir / "optuna"
         files = sweep_report.write_table(sweep_report.trial_rows(study, run_ids), report_dir)
         files += sweep_report.write_plots(study, report_dir)
         for path in files:
             client.log_artifact(parent_run_id, str(path), artifact_path="sweep")
-        finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        summary = {"study_name": study.study_name, "n_trials": len(study.trials), "n_complete": len(finished)}
-        if finished:
+        counts = {state: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
+        summary = {
+            "study_name": study.study_name, "n_trials": len(trials),
+            "n_complete": counts[optuna.trial.TrialState.COMPLETE],
+            "n_failed": counts[optuna.trial.TrialState.FAIL],
+            "n_pruned": counts[optuna.trial.TrialState.PRUNED],
+        }
+        now_ms = int(1000 * time.time())
+        client.log_batch(parent_run_id, metrics=[
+            mlflow.entities.Metric(key, value, now_ms, 0) for key, value in summary.items() if key != "study_name"
+        ])
+        failed = [str(t.number) for t in trials if t.state == optuna.trial.TrialState.FAIL]
+        client.set_tag(parent_run_id, "failed_trials", ",".join(failed) or "none")
+        if summary["n_complete"]:
             best = study.best_trial
             client.log_metric(parent_run_id, "best_value", best.value)
             for name, value in best.params.items():  # tags, not params: a resumed sweep updates them
@@ -205,4 +353,3 @@ class KdsuiteOptunaSweeper(Sweeper):
             summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
         (report_dir / "best.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(summary)))
         log.info("sweep %s: %s", study.study_name, summary)
-

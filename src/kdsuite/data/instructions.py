@@ -112,9 +112,29 @@ def prepare_tokenizer(tokenizer):
     return tokenizer
 
 
+CHAT_TEMPLATE = "chat"  # dataset.template: the tokenizer's own chat template instead of a text template
+
+
+def chat_prompt(example: Instruction, tokenizer) -> str:
+    """The prompt as the tokenizer's chat template writes one user turn (the context, if any,
+    after the instruction), ending with the assistant's generation cue."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"dataset.template={CHAT_TEMPLATE!r} needs a tokenizer with a chat template; "
+            f"{tokenizer.name_or_path!r} has none: give a text template (with_context / plain)"
+        )
+    content = f"{example.instruction}\n\n{example.context}" if example.context.strip() else example.instruction
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
 def prompt_ids(example: Instruction, tokenizer, template, max_prompt_length: int) -> list[int]:
     """Token ids of the prompt (with the tokenizer's BOS when it has a distinct one), keeping the
-    last `max_prompt_length` tokens."""
+    last `max_prompt_length` tokens. With `template="chat"` the chat template writes the prompt,
+    special tokens included, and no BOS is added."""
+    if template == CHAT_TEMPLATE:
+        ids = tokenizer(chat_prompt(example, tokenizer), add_special_tokens=False)["input_ids"]
+        return ids[-max_prompt_length:]
     ids = tokenizer(format_prompt(example, template), add_special_tokens=False)["input_ids"]
     bos = tokenizer.bos_token_id
     prefix = [bos] if bos is not None and bos != tokenizer.eos_token_id else []

@@ -15,7 +15,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
-from kdsuite.data import glue, instructions
+from kdsuite.data import glue, instructions, sharegpt
 from kdsuite.generation import GenerationSet
 from kdsuite.metrics import glue_metrics
 from kdsuite.tasks import IGNORE_INDEX, CausalTaskSpec, TaskSpec
@@ -50,10 +50,13 @@ def glue_data(cfg: DictConfig, task: TaskSpec, tokenizer) -> RunData:
 
 
 def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer) -> RunData:
-    """Dolly-format data: response-token labels for training and validation loss, and the prompts
-    of `dataset.generation.split` for ROUGE-L."""
+    """Instruction data (Dolly-format, or ShareGPT first turns): response-token labels for training
+    and validation loss, and the prompts of `dataset.generation.split` for ROUGE-L."""
     settings = cfg.dataset
-    splits = instructions.load_splits(settings, task.hub_dataset)
+    if task.reader == "sharegpt":
+        splits = sharegpt.load_splits(settings)
+    else:
+        splits = instructions.load_splits(settings, task.hub_dataset)
     lengths = (settings.max_seq_length, settings.max_prompt_length)
     scored = splits[settings.generation.split][: settings.generation.max_examples]
     return RunData(
@@ -76,6 +79,8 @@ def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer) -> RunDat
 
 def check_data(cfg: DictConfig, task) -> None:
     if task.is_causal_lm:
+        if task.reader == "sharegpt":
+            sharegpt.check_data_available(cfg.dataset)
         instructions.check_data_available(cfg.dataset)
         if cfg.dataset.generation.split not in ("validation", "test"):
             raise ValueError(

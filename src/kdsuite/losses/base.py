@@ -32,7 +32,7 @@ class LossContext:
     nothing else (the teacher's own fine-tune with `ce`). A distillation run also gives the layer
     pairs, both models' widths and `train_labels`, where `train_labels[i]` is the label of the
     training example whose `example_index` is i (empty for causal-LM tasks, whose labels are
-    token sequences).
+    token sequences), and the run's `seed` (for what a loss draws itself).
     """
 
     task: TaskSpec | CausalTaskSpec
@@ -40,6 +40,7 @@ class LossContext:
     student_hidden_size: int | None = None
     teacher_hidden_size: int | None = None
     train_labels: torch.Tensor = field(default_factory=lambda: torch.empty(0))
+    seed: int = 0
 
 
 class DistillationLoss(nn.Module):

@@ -32,16 +32,33 @@ Choices made where the paper is silent:
 - Banks and negatives are updated/drawn only in training steps; a batch's own slots are never
   its negatives under `label_aware` (different label) and excluded under `random`.
 - Banks, heads and pools are saved with the student (they are submodules/buffers of the loss).
+- Heads and banks are initialised from the run's seed, so every process of a run (and a rerun)
+  starts from the same ones.
+
+On several processes (DDP), the loss behaves as on one process over the global batch:
+- negatives are drawn for the global batch (every rank's example indices, gathered in rank order)
+  by a CPU generator seeded by (seed, number of training draws so far), and each rank keeps its
+  own rows, so a 2-rank run and a 1-rank run over the same global batches draw the same ones;
+- the banks are updated from the embeddings and indices of the global batch, so every rank holds
+  the same banks after every step; an example present twice in one update (the padding of a
+  short last batch) counts once, its first occurrence;
+- crd_nce's normalisers come from the global first batch;
+- the loss's buffers are excluded from DDP's buffer broadcast (`bind_models`): banks that drift
+  apart would otherwise be hidden by rank 0's copy at every forward, and broadcasting banks of
+  one slot per training example at every step would be a waste.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from kdsuite.distributed import all_gather_rows, all_reduce_sum
 from kdsuite.losses.base import LossContext, check_choice
 from kdsuite.losses.kd import KDLoss
 
@@ -68,9 +85,24 @@ def init_memory_bank(size: int, dim: int, generator: torch.Generator | None = No
     return torch.rand(size, dim, generator=generator) * (2 * bound) - bound
 
 
+def first_occurrences(indices: torch.Tensor) -> torch.Tensor:
+    """Positions of the first occurrence of each distinct value of `indices` (B,), in value order."""
+    unique, inverse = torch.unique(indices, return_inverse=True)
+    positions = torch.arange(len(indices), device=indices.device)
+    first = torch.full_like(unique, len(indices))
+    return first.scatter_reduce(0, inverse, positions, reduce="amin")
+
+
 @torch.no_grad()
 def update_memory_bank(bank: torch.Tensor, indices: torch.Tensor, embeddings: torch.Tensor, momentum: float = 0.5) -> None:
-    """M[i] = normalize(momentum * M[i] + (1 - momentum) * z_i), in place."""
+    """M[i] = normalize(momentum * M[i] + (1 - momentum) * z_i), in place.
+
+    An index present more than once is updated once, from its first occurrence, so the result
+    does not depend on the order in which a device writes duplicates.
+    """
+    if len(indices.unique()) < len(indices):
+        keep = first_occurrences(indices)
+        indices, embeddings = indices[keep], embeddings[keep]
     mixed = momentum * bank[indices] + (1.0 - momentum) * embeddings.detach().to(bank.dtype)
     bank[indices] = F.normalize(mixed, dim=-1)
 
@@ -126,17 +158,28 @@ class NegativeSampler(nn.Module):
             self.register_buffer("pools", padded, persistent=False)
             self.register_buffer("pool_sizes", torch.tensor([len(p) for p in pools]), persistent=False)
 
-    def forward(self, example_index: torch.Tensor) -> torch.Tensor:
-        """(B,) example indices -> (B, K) negative indices."""
+    def forward(self, example_index: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B,) example indices -> (B, K) negative indices.
+
+        The random numbers come from `generator` (a CPU one; None: the global CPU generator) and
+        are drawn on the CPU whatever the device, so a draw is the same on CPU and GPU.
+        """
         shape = (example_index.shape[0], self.num_negatives)
         device = example_index.device
         if self.label_aware:
             class_row = torch.searchsorted(self.classes, self.labels[example_index])  # (B,)
             sizes = self.pool_sizes[class_row].unsqueeze(1)  # (B, 1)
-            offsets = (torch.rand(shape, device=device) * sizes).long().clamp(max=sizes - 1)
+            uniform = torch.rand(shape, generator=generator).to(device)  # (B, K)
+            offsets = (uniform * sizes).long().clamp(max=sizes - 1)
             return self.pools[class_row.unsqueeze(1), offsets]
-        drawn = torch.randint(0, self.num_examples - 1, shape, device=device)
+        drawn = torch.randint(0, self.num_examples - 1, shape, generator=generator).to(device)  # (B, K)
         return drawn + (drawn >= example_index.unsqueeze(1)).long()  # skip the anchor itself
+
+
+def draw_seed(seed: int, draw: int) -> int:
+    """The generator seed of training draw number `draw` of a run seeded `seed` (63 bits)."""
+    digest = hashlib.sha256(f"codir-negatives/{seed}/{draw}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 class CoDIRLoss(KDLoss):
@@ -180,21 +223,40 @@ class CoDIRLoss(KDLoss):
         self.lambda_crd, self.pooling, self.objective, self.tau = lambda_crd, pooling, objective, tau
         self.symmetric, self.momentum = symmetric, momentum
         self.layer_pairs = list(context.layer_pairs)
+        self.seed = context.seed
         pairs = len(self.layer_pairs)
-        self.student_head = nn.Linear(pairs * context.student_hidden_size, embed_dim)
-        self.teacher_head = nn.Linear(pairs * context.teacher_hidden_size, embed_dim)
         num_examples = len(context.train_labels)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(context.seed)
+            self.student_head = nn.Linear(pairs * context.student_hidden_size, embed_dim)
+            self.teacher_head = nn.Linear(pairs * context.teacher_hidden_size, embed_dim)
+            self.register_buffer("student_bank", init_memory_bank(num_examples, embed_dim))
+            self.register_buffer("teacher_bank", init_memory_bank(num_examples, embed_dim))
         self.sampler = NegativeSampler(context.train_labels, num_negatives, negatives, self.is_regression)
-        self.register_buffer("student_bank", init_memory_bank(num_examples, embed_dim))
-        self.register_buffer("teacher_bank", init_memory_bank(num_examples, embed_dim))
         self.register_buffer("nce_norms", torch.zeros(2))  # Z_S, Z_T of crd_nce; 0 = not yet fixed
+        self.register_buffer("draws", torch.zeros((), dtype=torch.long))  # training draws so far
+
+    def bind_models(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        """Keep the loss's buffers (banks, draw count, sampler tables) out of DDP's broadcast:
+        every rank keeps them equal by itself (see the module docstring)."""
+        own = {id(buffer) for buffer in self.buffers()}
+        names = [name for name, buffer in student.named_buffers() if id(buffer) in own]
+        ignored = list(getattr(student, "_ddp_params_and_buffers_to_ignore", []))
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            student, ignored + [name for name in names if name not in ignored])
+
+    def draw_negatives(self, global_index: torch.Tensor) -> torch.Tensor:
+        """(B_global,) indices of the global batch -> (B_global, K) negatives, from the generator
+        of this training draw."""
+        generator = torch.Generator().manual_seed(draw_seed(self.seed, int(self.draws)))
+        return self.sampler(global_index, generator)
 
     def embed(self, out, layers: list[int], head: nn.Linear, mask: torch.Tensor) -> torch.Tensor:
         pooled = [pool(out.hidden_states[layer].float(), mask, self.pooling) for layer in layers]  # K x (B, d)
         return F.normalize(head(torch.cat(pooled, dim=-1)).float(), dim=-1)  # (B, 128)
 
-    def contrastive(self, z_student, z_teacher, index) -> torch.Tensor:
-        negatives = self.sampler(index)  # (B, K)
+    def contrastive(self, z_student, z_teacher, index, negatives) -> torch.Tensor:
+        """The contrastive term of anchors (B, 128) with slots `index` (B,) and `negatives` (B, K)."""
         if self.objective == "infonce":
             loss = info_nce(z_student, z_teacher, self.teacher_bank[negatives], self.tau)
             if self.symmetric:
@@ -205,7 +267,9 @@ class CoDIRLoss(KDLoss):
         raw_teacher = torch.exp(torch.einsum("bd,bkd->bk", z_teacher, self.student_bank[slots]) / self.tau)
         if not self.nce_norms.all():
             num_data = len(self.student_bank)
-            self.nce_norms.copy_(torch.stack([raw_student.mean(), raw_teacher.mean()]).detach() * num_data)
+            sums = torch.stack([raw_student.sum(), raw_teacher.sum(), raw_student.new_tensor(raw_student.numel())])
+            sums = all_reduce_sum(sums.detach())  # the means of the global first batch
+            self.nce_norms.copy_(sums[:2] / sums[2] * num_data)
         num_data = len(self.student_bank)
         return nce_loss(raw_student / self.nce_norms[0], num_data) + nce_loss(raw_teacher / self.nce_norms[1], num_data)
 
@@ -214,9 +278,12 @@ class CoDIRLoss(KDLoss):
         mask = batch["attention_mask"]
         z_student = self.embed(student_out, [s for s, _ in self.layer_pairs], self.student_head, mask)
         z_teacher = self.embed(teacher_out, [t for _, t in self.layer_pairs], self.teacher_head, mask)
-        index = batch["example_index"]
-        crd = self.contrastive(z_student, z_teacher, index)
+        index = batch["example_index"]  # (B,)
+        global_index, offset = all_gather_rows(index)  # (B_global,), where this rank's rows start
+        negatives = self.draw_negatives(global_index)[offset: offset + len(index)]  # (B, K)
+        crd = self.contrastive(z_student, z_teacher, index, negatives)
         if self.training:
-            update_memory_bank(self.student_bank, index, z_student, self.momentum)
-            update_memory_bank(self.teacher_bank, index, z_teacher, self.momentum)
+            update_memory_bank(self.student_bank, global_index, all_gather_rows(z_student)[0], self.momentum)
+            update_memory_bank(self.teacher_bank, global_index, all_gather_rows(z_teacher)[0], self.momentum)
+            self.draws += 1
         return {**logit_terms, "crd": crd, "loss": logit_terms["loss"] + self.lambda_crd * crd}

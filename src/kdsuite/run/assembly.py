@@ -2,17 +2,21 @@
 
 `build_run(cfg)` checks everything the config can get wrong and builds what needs no model
 weights: the task, the tokenizer, both architectures, the layer pairs, the loss, the tokenised
-data and the training arguments of student and teacher. Any error here comes before the teacher
-fine-tune, the data download or training. `build_student` and `build_trainer` finish the run once
+data and the training arguments of student and teacher, and finds the run's folder and the
+checkpoint a resume continues from. Any error here comes before the teacher fine-tune, the data
+download or training, and before any MLflow run. `build_student` and `build_trainer` finish the run once
 the teacher is there. `kdsuite.run.job.train`, the benchmarks and the tests all call these, so
 nothing else wires a trainer by hand.
 """
 
 from __future__ import annotations
 
-import tempfile
+import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +27,8 @@ from kdsuite.data import instructions
 from kdsuite.data.run_data import RunData, check_data, load_run_data
 from kdsuite.losses.base import DistillationLoss, LossContext
 from kdsuite.mapping import LayerPairs, validate_pairs
-from kdsuite.run import teacher_outputs
+from kdsuite.run import teacher_outputs, tracking
+from kdsuite.run.run_folder import checkpoint_to_resume, run_folder, trainer_dir
 from kdsuite.tasks import CausalTaskSpec, TaskSpec, get_task
 from kdsuite.trainer import DistillationTrainer, attach_loss, training_arguments
 
@@ -42,7 +47,8 @@ class Run:
     data: RunData
     student_args: TrainingArguments  # from `trainer.*`
     teacher_args: TrainingArguments  # from `teacher.finetune.*`; output_dir is set by the cache
-    out_dir: Path
+    out_dir: Path  # the run's folder (see run_folder)
+    resume_from: Path | None  # the checkpoint a `resume=true` run continues from
     teacher_outputs: teacher_outputs.TeacherOutputStore | None = None  # set once built (teacher.outputs=cached)
 
     @property
@@ -52,15 +58,21 @@ class Run:
         return self.loss.needs_teacher or copies_teacher
 
 
-def output_dir(cfg: DictConfig) -> Path:
-    """`cfg.output_dir`, else the Hydra job's folder, else a fresh temporary folder."""
-    if cfg.get("output_dir"):
-        return Path(cfg.output_dir)
-    from hydra.core.hydra_config import HydraConfig
+def check_finite(cfg: DictConfig) -> None:
+    """Every number in the config is finite (`loss.temperature=nan` would pass a range check)."""
+    for key, value in tracking.flatten(OmegaConf.to_container(cfg, resolve=True)).items():
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if not math.isfinite(number):
+            raise ValueError(f"{key}={value} is not a finite number")
 
-    if HydraConfig.initialized():
-        return Path(HydraConfig.get().runtime.output_dir)
-    return Path(tempfile.mkdtemp(prefix="kdsuite-"))
+
+def placeholder_labels(task) -> torch.Tensor:
+    """Two training labels of the task's kind: enough for a loss to check its settings before
+    the real data is loaded."""
+    return torch.tensor([0.0, 1.0]) if task.is_regression else torch.tensor([0, 1])
 
 
 def resolve_student_architecture(cfg: DictConfig, teacher_architecture: PretrainedConfig) -> PretrainedConfig:
@@ -85,15 +97,26 @@ def as_settings(section: DictConfig) -> dict:
     return OmegaConf.to_container(section, resolve=True)
 
 
+def teacher_settings(cfg: DictConfig) -> dict:
+    """`teacher.finetune.*`; for a teacher used as it comes (`teacher.finetune: null`, an
+    instruction-tuned model), only how it is scored: the student's eval batch size and precision."""
+    if cfg.teacher.get("finetune") is None:
+        return {"per_device_eval_batch_size": cfg.trainer.per_device_eval_batch_size,
+                "bf16": cfg.trainer.get("bf16", "auto"), "eval_strategy": "no"}
+    return as_settings(cfg.teacher.finetune)
+
+
 def build_run(cfg: DictConfig) -> Run:
     """Check the config and build data, mapping, loss and training arguments; raises before any
     long work."""
+    check_finite(cfg)
     task = get_task(cfg.dataset.name)
     check_data(cfg, task)
-    out_dir = output_dir(cfg)
-    student_args = training_arguments(as_settings(cfg.trainer), str(out_dir / "trainer"), cfg.seed,
+    out_dir = run_folder(cfg)
+    resume_from = checkpoint_to_resume(cfg, out_dir)
+    student_args = training_arguments(as_settings(cfg.trainer), str(trainer_dir(out_dir)), cfg.seed,
                                       section="trainer")
-    teacher_args = training_arguments(as_settings(cfg.teacher.finetune), str(out_dir / "teacher"), cfg.seed,
+    teacher_args = training_arguments(teacher_settings(cfg), str(out_dir / "teacher"), cfg.seed,
                                       section="teacher.finetune")
     teacher_arch = models.teacher_architecture(cfg.teacher, task)
     tokenizer = load_tokenizer(cfg, task, teacher_arch)
@@ -105,18 +128,20 @@ def build_run(cfg: DictConfig) -> Run:
         instantiate(cfg.mapping)(student_layers, teacher_layers), student_layers, teacher_layers,
         make_loss.func.needs_increasing_pairs,
     )
-    run_data = load_run_data(cfg, task, tokenizer)
     context = LossContext(
         task=task,
         layer_pairs=layer_pairs,
         student_hidden_size=student_arch.hidden_size,
         teacher_hidden_size=teacher_arch.hidden_size,
-        train_labels=run_data.train_labels,
+        train_labels=placeholder_labels(task),
+        seed=cfg.seed,
     )
-    loss = make_loss(context=context)
-    teacher_outputs.output_spec(cfg, loss)  # refuses teacher.outputs=cached where the cache cannot serve the loss
+    # every check the loss makes, and teacher.outputs=cached's, before the data is loaded or downloaded
+    teacher_outputs.output_spec(cfg, make_loss(context=context))
+    run_data = load_run_data(cfg, task, tokenizer)
+    loss = make_loss(context=dataclasses.replace(context, train_labels=run_data.train_labels))
     return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, loss,
-               run_data, student_args, teacher_args, out_dir)
+               run_data, student_args, teacher_args, out_dir, resume_from)
 
 
 def build_student(run: Run, teacher: PreTrainedModel | None) -> PreTrainedModel:

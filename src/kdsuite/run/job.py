@@ -5,6 +5,10 @@ Order of work: `build_run` checks everything that can be wrong with the config (
 files, training arguments, student depth and width, layer mapping, loss settings), then the
 teacher is fetched from the cache or fine-tuned (its own MLflow run, `role=teacher`), then the
 student is trained in an MLflow run of its own (`role=student`).
+
+Under `torchrun`/`accelerate launch` every process runs `train`: they join one process group
+first, the teacher is fine-tuned once (`shared_teacher`), and only the main process writes MLflow
+and the saved student (`kdsuite.distributed`).
 """
 
 from __future__ import annotations
@@ -12,39 +16,38 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from transformers import PreTrainedModel, TrainerCallback, TrainingArguments, set_seed
+from transformers import set_seed
 
-from kdsuite import models
+from kdsuite import distributed, models
 from kdsuite.generation import evaluate_generation
-from kdsuite.losses.base import DistillationLoss, LossContext
+from kdsuite.losses.base import LossContext
 from kdsuite.losses.ce import CELoss
-from kdsuite.run import teacher_cache, teacher_outputs, tracking
+from kdsuite.run import run_folder, teacher_cache, teacher_outputs, tracking
 from kdsuite.run.assembly import Run, build_run, build_student, build_trainer
 from kdsuite.run.pruning import pruning_callbacks
+from kdsuite.run.shared_teacher import teacher_for_every_process
+from kdsuite.signals import stop_on_signals
+from kdsuite.trainer import DistillationTrainer
 
 log = logging.getLogger(__name__)
 
 
 def fit(
-    run: Run,
-    model: PreTrainedModel,
-    loss: DistillationLoss,
-    teacher: PreTrainedModel | None,
-    args: TrainingArguments,
-    callbacks: list[TrainerCallback] = (),
+    run: Run, trainer: DistillationTrainer, resume_from: Path | None = None, train_model: bool = True
 ) -> dict[str, float]:
-    """Train `model` with `loss`, then score it on dev.
+    """Train (from the checkpoint `resume_from`, if given), then score the model on dev
+    (`train_model=False`: score it only, a teacher used as it comes).
 
     Returns the final dev metrics: the task's GLUE metrics and the task `loss` (the Trainer logs
     them as `final/<name>`); on the causal-LM track, the validation loss and ROUGE-L of sampled
     responses (`final/rougeL`, per seed too, and `generations.json`).
     """
-    trainer = build_trainer(run, model, loss, teacher, args, [tracking.MlflowMetricsCallback(), *callbacks])
-    trainer.train()
+    if train_model:
+        trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     final = trainer.evaluate(metric_key_prefix="final")
     metrics = {name: final[f"final_{name}"] for name in (*run.task.metrics, "loss") if f"final_{name}" in final}
     if run.data.generation is not None:
-        scores, samples = evaluate_generation(model, run.tokenizer, run.data.generation,
+        scores, samples = evaluate_generation(trainer.model, run.tokenizer, run.data.generation,
                                               run.data.generation_settings)
         tracking.log_generations(scores, samples)
         metrics.update(scores)
@@ -52,18 +55,25 @@ def fit(
 
 
 def prepare_teacher(run: Run) -> teacher_cache.FineTunedTeacher:
-    """The fine-tuned teacher from the cache, or fine-tuned now in a `role=teacher` MLflow run."""
+    """The fine-tuned teacher from the cache, or fine-tuned now in a `role=teacher` MLflow run.
+
+    `teacher.finetune: null` uses the teacher as it comes (an instruction-tuned model): its run only
+    scores it, and the cache keeps it under its own key."""
     cfg = run.cfg
     entry = teacher_cache.cache_entry(cfg)
+    finetune_settings = cfg.teacher.get("finetune")
 
     def finetune(trainer_dir: Path):
         run_name = f"teacher-{cfg.teacher.name}-{cfg.dataset.name}"
-        with tracking.tracked_run(run_name, tracking.teacher_tags(cfg)) as mlflow_run:
+        tags = {**tracking.teacher_tags(cfg), "finetuned": str(finetune_settings is not None)}
+        with tracking.tracked_run(run_name, tags) as mlflow_run:
             tracking.log_cache_key(entry.key)
-            set_seed(cfg.teacher.finetune.get("seed", cfg.seed))
+            set_seed(cfg.seed if finetune_settings is None else finetune_settings.get("seed", cfg.seed))
             model = models.load_pretrained_teacher(cfg.teacher, run.task)
             run.teacher_args.output_dir = str(trainer_dir)
-            metrics = fit(run, model, CELoss(LossContext(run.task)), None, run.teacher_args)
+            trainer = build_trainer(run, model, CELoss(LossContext(run.task)), None, run.teacher_args,
+                                    [tracking.MlflowMetricsCallback()])
+            metrics = fit(run, trainer, train_model=finetune_settings is not None)
             tracking.log_final(run.task.main_metric, metrics)
         log.info("teacher %s on %s: dev %s", cfg.teacher.name, cfg.dataset.name, metrics)
         return model, run.tokenizer, metrics, mlflow_run.info.run_id
@@ -72,15 +82,37 @@ def prepare_teacher(run: Run) -> teacher_cache.FineTunedTeacher:
 
 
 def train(cfg) -> float:
-    """Run one configured distillation and return its main dev metric."""
-    run = build_run(cfg)
-    tracking.configure(cfg.tracking)
-    teacher = prepare_teacher(run) if run.needs_teacher else None
-    run.teacher_outputs = teacher_outputs.get_or_build(run, teacher) if teacher is not None else None
+    """Run one configured distillation and return its main dev metric.
+
+    SIGTERM and SIGINT end it cleanly (the MLflow run KILLED, a checkpoint being saved finished
+    first); `resume=true` continues the run's newest checkpoint in the same MLflow run.
+    """
+    with stop_on_signals():
+        run = build_run(cfg)
+        distributed.setup(run.student_args)
+        tracking.configure(cfg.tracking)
+        teacher = teacher_for_every_process(run, prepare_teacher) if run.needs_teacher else None
+        run.teacher_outputs = teacher_outputs.get_or_build(run, teacher) if teacher is not None else None
+        return train_student(run, teacher)
+
+
+def train_student(run: Run, teacher: teacher_cache.FineTunedTeacher | None) -> float:
+    cfg = run.cfg
+    resume_run_id = None
+    if run.resume_from is not None:
+        resume_run_id = run_folder.saved_run_id(run.out_dir, cfg.tracking.uri)
+        log.info("resuming %s from %s", run.out_dir, run.resume_from.name)
+    elif cfg.get("resume"):
+        log.warning("resume=true, but %s holds no checkpoint: starting fresh", run.out_dir)
 
     tags = tracking.student_tags(cfg, run.loss.name, run.layer_pairs, teacher)
+    if run.resume_from is not None:
+        tags["resumed_from_step"] = str(run_folder.checkpoint_step(run.resume_from))
     run_name = f"{run.loss.name}-{cfg.student.name}-{cfg.dataset.name}-s{cfg.seed}"
-    with tracking.tracked_run(run_name, tags, cfg, parent_run_id=cfg.tracking.get("parent_run_id")):
+    with tracking.tracked_run(run_name, tags, cfg, parent_run_id=cfg.tracking.get("parent_run_id"),
+                              resume_run_id=resume_run_id) as mlflow_run:
+        if mlflow_run is not None:  # None on the other processes of a DDP run
+            run_folder.save_run_id(run.out_dir, mlflow_run.info.run_id, cfg.tracking.uri)
         if teacher is not None:
             tracking.log_teacher_metrics(teacher.metrics)
         set_seed(cfg.seed)
@@ -88,9 +120,14 @@ def train(cfg) -> float:
         tracking.log_model_size(models.count_parameters(student),
                                 models.count_parameters(student, trainable_only=True))
         teacher_model = teacher.model if run.loss.needs_teacher else None
-        metrics = fit(run, student, run.loss, teacher_model, run.student_args,
-                      pruning_callbacks(cfg, run.task.main_metric))
-        if cfg.get("save_student"):
+        callbacks = [tracking.MlflowMetricsCallback(), *pruning_callbacks(cfg, run.task.main_metric)]
+        trainer = build_trainer(run, student, run.loss, teacher_model, run.student_args, callbacks)
+        metrics = fit(run, trainer, run.resume_from)
+        if cfg.get("save_student") and distributed.is_main_process():
             student.save_pretrained(run.out_dir / "student")
             run.tokenizer.save_pretrained(run.out_dir / "student")
-        return tracking.log_final(run.task.main_metric, metrics)
+        objective = tracking.log_final(run.task.main_metric, metrics)
+    if mlflow_run is not None:
+        log.info(tracking.summary_line(run_name, run.task.metrics, metrics, teacher.metrics if teacher else None,
+                                       mlflow_run.info.run_id))
+    return objective

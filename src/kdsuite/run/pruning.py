@@ -7,6 +7,8 @@ import optuna
 from omegaconf import DictConfig
 from transformers import TrainerCallback
 
+from kdsuite.run.optuna_trial import open_storage, trial_spec
+
 
 class OptunaPruningCallback(TrainerCallback):
     def __init__(self, trial: optuna.Trial, metric: str):
@@ -23,10 +25,10 @@ class OptunaPruningCallback(TrainerCallback):
 
 
 def pruning_callbacks(cfg: DictConfig, metric: str) -> list[TrainerCallback]:
-    """The callback for the trial named by the sweeper's `optuna.*` overrides, if any (pruning
-    needs the study in shared RDB storage, which the sweeper's default SQLite file is)."""
-    trial_spec = cfg.get("optuna")
-    if not trial_spec:
+    """The callback for the trial named by the config's `optuna.*` keys, if the sweeper set them
+    (pruning needs the study in shared RDB storage, which the sweeper's default SQLite file is)."""
+    spec = trial_spec(cfg)
+    if spec is None:
         return []
-    study = optuna.load_study(study_name=trial_spec.study_name, storage=trial_spec.storage)
-    return [OptunaPruningCallback(optuna.trial.Trial(study, int(trial_spec.trial_id)), metric)]
+    study = optuna.load_study(study_name=spec["study_name"], storage=open_storage(spec["storage"]))
+    return [OptunaPruningCallback(optuna.trial.Trial(study, int(spec["trial_id"])), metric)]

@@ -4,12 +4,14 @@
 A run records the flattened resolved config as params, tags naming what was run, the resolved
 config and Hydra overrides as artifacts, the Trainer's logs as metrics through
 `MlflowMetricsCallback`, and at the end `final/<metric>` and `final_metric`. A run that raises
-ends FAILED (KILLED on Ctrl-C).
+ends FAILED (KILLED on Ctrl-C). In a run on several processes only the main one records (the
+others' calls do nothing), and student runs are tagged `world_size`.
 """
 
 from __future__ import annotations
 
 import subprocess
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,13 +22,25 @@ from mlflow.entities import RunStatus
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
+from kdsuite.distributed import is_main_process, on_main_process, world_size
+from kdsuite.run.store_lock import sqlite_lock
+from kdsuite.signals import RunKilled
+
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
+ERROR_TAG_LENGTH = 500
 
 
+@on_main_process
 def configure(tracking_cfg: DictConfig) -> None:
-    """Point MLflow at `tracking.uri` (any URI MLflow accepts) and `tracking.experiment`."""
+    """Point MLflow at `tracking.uri` (any URI MLflow accepts) and `tracking.experiment`.
+
+    A SQLite store is created (or migrated) on first use; several processes doing that at once
+    race in alembic's migration, so for SQLite the first connection happens under a file lock
+    beside the database.
+    """
     mlflow.set_tracking_uri(tracking_cfg.uri)
-    mlflow.set_experiment(tracking_cfg.experiment)
+    with sqlite_lock(tracking_cfg.uri):
+        mlflow.set_experiment(tracking_cfg.experiment)
 
 
 def flatten(tree, prefix: str = "") -> dict[str, str]:
@@ -40,7 +54,10 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
 
 
 def config_params(cfg: DictConfig) -> dict[str, str]:
-    return flatten(OmegaConf.to_container(cfg, resolve=True))
+    """The run's config as params, without `resume` (a continued run keeps the params it has)."""
+    described = OmegaConf.to_container(cfg, resolve=True)
+    described.pop("resume", None)
+    return flatten(described)
 
 
 def git_commit() -> str:
@@ -68,34 +85,67 @@ def hydra_overrides() -> list[str] | None:
     return list(HydraConfig.get().overrides.task)
 
 
+def describe_error(error: BaseException) -> str:
+    """`Type: message`, at most ERROR_TAG_LENGTH characters: the `error` tag of a failed run."""
+    if isinstance(error, RunKilled):
+        return f"killed by {error.signal_name}"
+    return f"{type(error).__name__}: {error}"[:ERROR_TAG_LENGTH]
+
+
+def end_run_with_error(error: BaseException, status: str) -> None:
+    """End the active run with `status`, its `error` tag and a `traceback.txt` artifact."""
+    try:
+        mlflow.set_tag("error", describe_error(error))
+        mlflow.log_text("".join(traceback.format_exception(error)), "traceback.txt")
+    finally:
+        mlflow.end_run(status)
+
+
 @contextmanager
 def tracked_run(
-    run_name: str, tags: dict[str, str], cfg: DictConfig | None = None, parent_run_id: str | None = None
+    run_name: str,
+    tags: dict[str, str],
+    cfg: DictConfig | None = None,
+    parent_run_id: str | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator:
-    """Start an MLflow run that ends FAILED on error (KILLED on Ctrl-C or when pruned).
+    """Start an MLflow run, or continue `resume_run_id`, that ends with an honest status.
 
-    It nests under `parent_run_id` when given, else under the active run if there is one. With
-    `cfg`, log its flattened values as params and the resolved YAML (and the Hydra overrides) as
-    artifacts under `config/`.
+    FAILED on an exception and KILLED on SIGTERM/SIGINT, both with the tag `error` (exception type
+    and message, or the signal) and the artifact `traceback.txt`; a pruned sweep trial ends KILLED
+    with the tag `pruned=true`. It nests under `parent_run_id` when given, else under the active
+    run if there is one. With `cfg`, a new run logs the config's flattened values as params and the
+    resolved YAML (and the Hydra overrides) as artifacts under `config/`; a continued run already
+    has them. On the other processes of a DDP run it yields None and records nothing.
     """
+    if not is_main_process():
+        yield None
+        return
     nested = mlflow.active_run() is not None
     run = mlflow.start_run(
-        run_name=run_name, nested=nested, parent_run_id=parent_run_id,
+        run_id=resume_run_id, run_name=run_name, nested=nested, parent_run_id=parent_run_id,
         tags={**tags, "git_commit": git_commit()},
     )
     try:
-        if cfg is not None:
+        if resume_run_id is not None:
+            if "error" in run.data.tags:  # the interruption it continues from is over
+                mlflow.MlflowClient().delete_tag(resume_run_id, "error")
+        elif cfg is not None:
             mlflow.log_params(config_params(cfg))
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
             overrides = hydra_overrides()
             if overrides is not None:
                 mlflow.log_text(OmegaConf.to_yaml(overrides), "config/overrides.yaml")
         yield run
-    except (KeyboardInterrupt, optuna.TrialPruned):
+    except optuna.TrialPruned:
+        mlflow.set_tag("pruned", "true")
         mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
         raise
-    except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+    except KeyboardInterrupt as error:
+        end_run_with_error(error, RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException as error:
+        end_run_with_error(error, RunStatus.to_string(RunStatus.FAILED))
         raise
     else:
         mlflow.end_run()
@@ -139,6 +189,7 @@ def student_tags(cfg: DictConfig, loss_name: str, layer_pairs, teacher=None) -> 
         "dataset": cfg.dataset.name,
         "seed": str(cfg.seed),
         "layer_pairs": str(layer_pairs),
+        "world_size": str(world_size()),
     }
     if teacher is not None:
         tags.update(teacher_path=str(teacher.path), teacher_run_id=str(teacher.run_id))
@@ -150,15 +201,18 @@ def teacher_tags(cfg: DictConfig) -> dict[str, str]:
     return {"role": "teacher", "teacher": cfg.teacher.name, "dataset": cfg.dataset.name}
 
 
+@on_main_process
 def log_teacher_metrics(metrics: dict[str, float]) -> None:
     """The teacher's dev metrics beside the student's, as `teacher/<metric>`."""
     mlflow.log_metrics({f"teacher/{name}": value for name, value in metrics.items()})
 
 
+@on_main_process
 def log_model_size(parameters: int, trainable: int) -> None:
     mlflow.log_params({"student_parameters": parameters, "student_trainable_parameters": trainable})
 
 
+@on_main_process
 def log_generations(scores: dict[str, float], samples: list[dict]) -> None:
     """ROUGE-L of sampled responses as `final/<name>` and a sample of them as `generations.json`."""
     mlflow.log_metrics({f"final/{name}": value for name, value in scores.items()})
@@ -168,11 +222,24 @@ def log_generations(scores: dict[str, float], samples: list[dict]) -> None:
 def log_final(main_metric: str, metrics: dict[str, float]) -> float:
     """`final_metric` (the task's main metric, a sweep's objective) and the tag naming it."""
     objective = metrics[main_metric]
-    mlflow.log_metric("final_metric", objective)
-    mlflow.set_tag("main_metric", main_metric)
+    if is_main_process():
+        mlflow.log_metric("final_metric", objective)
+        mlflow.set_tag("main_metric", main_metric)
     return objective
 
 
+@on_main_process
 def log_cache_key(key: dict) -> None:
     """A fine-tuned teacher's cache key, flattened, as the params of its `role=teacher` run."""
     mlflow.log_params(flatten(key))
+
+
+def summary_line(run_name: str, metric_names, metrics: dict[str, float], teacher_metrics, run_id: str) -> str:
+    """One line saying what a run did: its task metrics, the teacher's, and where the run is."""
+    scores = ", ".join(f"{name} {metrics[name]:.4f}" for name in metric_names if name in metrics)
+    line = f"{run_name}: dev {scores}"
+    if teacher_metrics:
+        teacher_scores = ", ".join(f"{name} {teacher_metrics[name]:.4f}" for name in metric_names
+                                   if name in teacher_metrics)
+        line += f" (teacher {teacher_scores})"
+    return f"{line}; MLflow run {run_id} at {mlflow.get_tracking_uri()}"

@@ -1,0 +1,130 @@
+"""A real `run.py` process killed with SIGTERM after its first checkpoint, then resumed: the MLflow
+run says KILLED and why, a plain re-run refuses to overwrite the checkpoints, and `resume=true`
+finishes the same MLflow run with the metric of an uninterrupted run (dropout and data order are
+restored from the checkpoint). Only the killed run is a subprocess; the others run in-process,
+single-threaded like it, to keep the test short."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import logging
+
+import mlflow
+import pytest
+import torch
+from omegaconf import open_dict
+
+from kdsuite.run import train
+from kdsuite.run.run_folder import CheckpointsInTheWay
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.e2e
+
+# A tiny teacher with dropout (BERT's default 0.1) and enough steps that the kill lands mid-training.
+RUN = [
+    "experiment=smoke", "loss=kd", "trainer.max_steps=60", "trainer.save_strategy=steps",
+    "trainer.save_steps=5", "trainer.logging_steps=50", "trainer.eval_strategy=no",
+    "trainer.per_device_train_batch_size=8", "trainer.bf16=false", "teacher.finetune.bf16=false",
+]
+
+
+def command(tmp_path: Path, glue_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(REPO / "run.py"), *RUN, f"dataset.data_dir={glue_dir}",
+            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'hydra'}", *extra]
+
+
+def environment() -> dict[str, str]:
+    path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def student_runs(uri: str):
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("kdsuite")
+    found = client.search_runs([experiment.experiment_id], "tags.role = 'student'")
+    return client, found
+
+
+@pytest.fixture
+def one_thread():
+    """In-process runs use the subprocess's single thread, so their sums reduce in the same order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def in_process(make_config, glue_dir, tmp_path, *extra):
+    cfg = make_config(*RUN, f"cache_dir={tmp_path / 'cache'}", *extra)
+    with open_dict(cfg):
+        cfg.output_dir = None  # the default run folder, outputs/runs/<hash> under the working folder
+        cfg.tracking.uri = f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
+    return cfg
+
+
+def test_sigterm_ends_killed_and_resume_matches_an_uninterrupted_run(
+    tmp_path, glue_dir, make_config, monkeypatch, one_thread
+):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+
+    reference_cfg = make_config(*RUN, f"cache_dir={tmp_path / 'cache'}")  # its own output_dir and store
+    train(reference_cfg)
+    _, [uninterrupted] = student_runs(reference_cfg.tracking.uri)
+
+    # A real run.py killed after its first checkpoint: KILLED, with the signal named and the traceback kept.
+    process = subprocess.Popen(command(tmp_path, glue_dir), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env=environment(), cwd=work)
+    runs_dir = work / "outputs" / "runs"
+    deadline = time.monotonic() + 300
+    while not list(runs_dir.glob("*/trainer/checkpoint-*")):
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode != 0, "the run finished before the signal arrived"
+    client, [killed] = student_runs(uri)
+    assert killed.info.status == "KILLED", stderr[-3000:]
+    assert killed.data.tags["error"] == "killed by SIGTERM"
+    assert "RunKilled" in Path(client.download_artifacts(killed.info.run_id, "traceback.txt")).read_text()
+    [folder] = runs_dir.iterdir()
+    checkpoints = sorted(folder.glob("trainer/checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    assert 1 <= len(checkpoints) <= 2  # save_total_limit=2 keeps the newest
+    assert int(checkpoints[-1].name.split("-")[1]) < 60
+    assert all((checkpoint / "trainer_state.json").is_file() for checkpoint in checkpoints)
+
+    # The same run again refuses to overwrite them, before any work.
+    with pytest.raises(CheckpointsInTheWay, match="resume=true"):
+        train(in_process(make_config, glue_dir, tmp_path))
+    assert len(student_runs(uri)[1]) == 1
+
+    # resume=true continues the same MLflow run to the uninterrupted run's result.
+    train(in_process(make_config, glue_dir, tmp_path, "resume=true"))
+    _, [finished] = student_runs(uri)
+    assert finished.info.run_id == killed.info.run_id and finished.info.status == "FINISHED"
+    assert finished.data.tags["resumed_from_step"] == checkpoints[-1].name.split("-")[1]
+    assert "error" not in finished.data.tags
+    for metric in ("final/loss", "final_metric"):
+        assert finished.data.metrics[metric] == pytest.approx(uninterrupted.data.metrics[metric], abs=1e-6)
+
+
+def test_resume_with_nothing_to_resume_starts_fresh(tmp_path, glue_dir, make_config, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir()
+    with caplog.at_level(logging.INFO, logger="kdsuite.run.job"):
+        train(in_process(make_config, glue_dir, tmp_path, "resume=true", "trainer.max_steps=4",
+                         "trainer.save_strategy=no"))
+    assert "holds no checkpoint: starting fresh" in caplog.text
+    assert "kd-bert2l-rte-s42: dev accuracy" in caplog.text  # the closing summary line
+    _, [run] = student_runs(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    assert run.info.status == "FINISHED" and "resumed_from_step" not in run.data.tags
