@@ -27,7 +27,7 @@ from kdsuite.data import instructions
 from kdsuite.data.run_data import RunData, check_data, load_run_data
 from kdsuite.losses.base import DistillationLoss, LossContext
 from kdsuite.mapping import LayerPairs, validate_pairs
-from kdsuite.run import teacher_outputs, tracking
+from kdsuite.run import teacher_cache, teacher_outputs, tracking
 from kdsuite.run.run_folder import checkpoint_to_resume, run_folder, trainer_dir
 from kdsuite.tasks import CausalTaskSpec, TaskSpec, get_task
 from kdsuite.trainer import DistillationTrainer, attach_loss, training_arguments
@@ -49,6 +49,7 @@ class Run:
     teacher_args: TrainingArguments  # from `teacher.finetune.*`; output_dir is set by the cache
     out_dir: Path  # the run's folder (see run_folder)
     resume_from: Path | None  # the checkpoint a `resume=true` run continues from
+    teacher_entry: teacher_cache.CacheEntry  # where the fine-tuned teacher is cached, and its key
     teacher_outputs: teacher_outputs.TeacherOutputStore | None = None  # set once built (teacher.outputs=cached)
 
     @property
@@ -141,7 +142,7 @@ def build_run(cfg: DictConfig) -> Run:
     run_data = load_run_data(cfg, task, tokenizer)
     loss = make_loss(context=dataclasses.replace(context, train_labels=run_data.train_labels))
     return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, loss,
-               run_data, student_args, teacher_args, out_dir, resume_from)
+               run_data, student_args, teacher_args, out_dir, resume_from, teacher_cache.cache_entry(cfg))
 
 
 def build_student(run: Run, teacher: PreTrainedModel | None) -> PreTrainedModel:

@@ -60,7 +60,7 @@ def prepare_teacher(run: Run) -> teacher_cache.FineTunedTeacher:
     `teacher.finetune: null` uses the teacher as it comes (an instruction-tuned model): its run only
     scores it, and the cache keeps it under its own key."""
     cfg = run.cfg
-    entry = teacher_cache.cache_entry(cfg)
+    entry = run.teacher_entry
     finetune_settings = cfg.teacher.get("finetune")
 
     def finetune(trainer_dir: Path):

@@ -27,7 +27,7 @@ def teacher_for_every_process(run: Run, prepare_teacher: Callable[[Run], teacher
     if distributed.world_size() == 1:
         return prepare_teacher(run)
     with distributed.main_process_first():
-        entry = teacher_cache.cache_entry(run.cfg)
+        entry = run.teacher_entry
         if distributed.is_main_process() and not (entry.path / teacher_cache.META_FILE).is_file():
             finetune_in_child_process(run)
         return prepare_teacher(run)

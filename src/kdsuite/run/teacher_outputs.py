@@ -48,7 +48,6 @@ from torch.utils.data import DataLoader
 
 from kdsuite.losses.codir import pool
 from kdsuite.losses.tokens import TopKLogProbs, response_positions
-from kdsuite.run.teacher_cache import cache_entry
 from kdsuite.trainer import model_inputs, training_dtype
 
 log = logging.getLogger(__name__)
@@ -316,7 +315,7 @@ def get_or_build(run, teacher) -> TeacherOutputStore | None:
     if spec is None:
         return None
     dtype = training_dtype(run.student_args)
-    key = store_key(cache_entry(run.cfg).key, spec, run.data.train_set, run.cfg.dataset.max_seq_length, dtype)
+    key = store_key(run.teacher_entry.key, spec, run.data.train_set, run.cfg.dataset.max_seq_length, dtype)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
     path = teacher.path / "outputs" / digest[:16]
     path.parent.mkdir(parents=True, exist_ok=True)
