@@ -1,74 +1,32 @@
-"""The multi-seed GLUE comparison of ce, kd, fdd and codir: runs what is missing, then writes the table.
+"""The multi-seed GLUE comparison's table: mean +- sd per task, the average, paired tests against kd.
 
-    GLUE_DIR=../shared/data/glue python experiments/compare_glue.py --seeds 1 2 3
-    python experiments/compare_glue.py --table-only          # rebuild the table from MLflow
+    python experiments/compare_glue.py --experiment glue                 # glue.md, glue_bert2l.png
+    python experiments/compare_glue.py --experiment glue --tasks rte mrpc stsb \
+        --losses kd fdd_traj fdd_delta fdd --table ablation             # the FDD ablation
 
-Grid: tasks x students x losses x seeds, MiniLM teacher fine-tuned once per task (the cache),
-students initialised from the teacher via the mapping, default loss weights. It resumes: a
-combination that already has a FINISHED run in the MLflow experiment is not run again. Each
-finished run is appended to the CSV record (committed), so the table survives without the
-MLflow database. SST-2 uses a fixed seeded train subset (`--sst2-train-samples`). Several workers
-may share one grid (e.g. two single-thread processes on two cores, `--tasks` in different
-orders): before each run a worker skips points another has finished or is running.
-
-The FDD ablation (KD alone, +traj, +delta, both) runs on the same grid as variants, each tagged
-`variant` so the table tells them apart; `kd` and `fdd` are shared with the main comparison:
-
-    python experiments/compare_glue.py --tasks rte mrpc stsb --losses kd fdd_traj fdd_delta fdd \
-        --table ablation
-
-Outputs: the Markdown table (`results_table.build_table`), a bar plot with error bars (PNG),
-both logged to an MLflow run with `role=comparison`.
+It runs nothing: the runs come from `experiments/glue_grid.sh` (Hydra multiruns, resumable) into
+the MLflow experiment named here; a run tagged `variant` (the ablation's fdd_traj, fdd_delta) is
+labelled by it. Every finished student run is appended to the CSV record (`--record`, committed),
+so the table survives without the MLflow database. Outputs: the Markdown table
+(`results_table.build_table`) below the hand-written reading of `<table>.md`, a bar plot with
+error bars per student (PNG), both logged to an MLflow run with `role=comparison`.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
 
 from kdsuite.reports.markdown import write_results
 from kdsuite.reports.results_table import (
-    RunResult, append_csv, build_table, finished_runs, pending, run_results, teacher_metrics,
+    RunResult, append_csv, build_table, finished_runs, run_results, teacher_metrics,
 )
 from kdsuite.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-
-# Grid label -> run.py overrides. The loss families with their default weights, and the FDD
-# ablation's two single-term variants (kd is "KD alone", fdd is "both").
-VARIANTS = {
-    "ce": ["loss=ce"],
-    "kd": ["loss=kd"],
-    "fdd": ["loss=fdd"],
-    "codir": ["loss=codir"],
-    "fdd_traj": ["loss=fdd", "loss.beta_delta=0"],
-    "fdd_delta": ["loss=fdd", "loss.alpha_traj=0"],
-}
-
-
-CLAIM_HOURS = 3  # a RUNNING run older than this is taken to be dead, and its point is run again
-
-
-def taken(client: mlflow.MlflowClient, experiment: str) -> set[tuple[str, str, str, int]]:
-    """Grid points finished, or running in another worker (several workers can share one grid)."""
-    points = {(r.dataset, r.student, r.loss, r.seed) for r in run_results(finished_runs(client, experiment))}
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return points
-    since = int((time.time() - CLAIM_HOURS * 3600) * 1000)
-    running = client.search_runs(
-        [found.experiment_id],
-        filter_string=f"tags.role = 'student' and attributes.status = 'RUNNING' and attributes.start_time > {since}",
-    )
-    for run in running:
-        tags = run.data.tags
-        points.add((tags["dataset"], tags["student"], tags.get("variant") or tags["loss"], int(tags["seed"])))
-    return points
 
 
 def plot(results: list[RunResult], tasks: list[str], losses: list[str], student: str, path: Path) -> None:
@@ -101,38 +59,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"])
     parser.add_argument("--students", nargs="+", default=["bert2l"])
-    parser.add_argument("--losses", nargs="+", default=["ce", "kd", "fdd", "codir"], choices=list(VARIANTS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--sst2-train-samples", type=int, default=8000)
+    parser.add_argument("--losses", nargs="+", default=["ce", "kd", "fdd", "codir"],
+                        help="loss families, or ablation variants (the runs' `variant` tag)")
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--experiment", default="glue")
     parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "results")
     parser.add_argument("--table", default="glue", help="name of the results file and plots (glue, ablation)")
-    parser.add_argument("--table-only", action="store_true", help="run nothing, rebuild the table")
-    parser.add_argument("--override", nargs="*", default=[], help="extra run.py overrides for every run")
+    parser.add_argument("--record", default="glue_runs.csv", help="the CSV record in --results")
     args = parser.parse_args()
 
     client = mlflow.MlflowClient(args.tracking_uri)
-    grid = [(t, s, l, seed) for t in args.tasks for s in args.students for l in args.losses for seed in args.seeds]
-    todo = [] if args.table_only else pending(grid, run_results(finished_runs(client, args.experiment)))
-    if not args.table_only:
-        print(f"{len(grid) - len(todo)} of {len(grid)} runs already finished; {len(todo)} to run")
-    for task, student, loss, seed in todo:
-        if (task, student, loss, seed) in taken(client, args.experiment):
-            continue  # another worker finished it or is running it
-        overrides = [f"dataset={task}", f"student={student}", *VARIANTS[loss], f"seed={seed}",
-                     f"+tracking.tags.variant={loss}", f"tracking.uri={args.tracking_uri}",
-                     f"tracking.experiment={args.experiment}", *args.override]
-        if task == "sst2":
-            overrides.append(f"dataset.max_train_samples={args.sst2_train_samples}")
-        result = subprocess.run([sys.executable, str(ROOT / "run.py"), *overrides], cwd=ROOT)
-        if result.returncode != 0:
-            print(f"run failed (marked FAILED in MLflow), going on: {' '.join(overrides)}")
-        append_csv(args.results / "glue_runs.csv", run_results(finished_runs(client, args.experiment)))
-
     runs = finished_runs(client, args.experiment)
     results = [r for r in run_results(runs) if r.dataset in args.tasks and r.student in args.students]
-    append_csv(args.results / "glue_runs.csv", results)
+    append_csv(args.results / args.record, results)
     names = {task: get_task(task).main_metric for task in args.tasks}
     table = build_table(results, teacher_metrics(runs), args.tasks, args.losses, names)
     figures = []

@@ -40,7 +40,7 @@ def test_every_option_composes(make_config, group, option):
 def test_all_groups_are_covered():
     assert {group for group, _ in OPTIONS} == set(GROUPS)
     assert {"ce", "kd"} <= {option for group, option in OPTIONS if group == "loss"}
-    assert {"sst2", "mrpc", "rte", "cola", "stsb", "qnli", "dolly", "sharegpt"} == {
+    assert {"sst2", "sst2_8k", "mrpc", "rte", "cola", "stsb", "qnli", "dolly", "sharegpt"} == {
         option for group, option in OPTIONS if group == "dataset"
     }
 

@@ -128,3 +128,30 @@ def test_resume_with_nothing_to_resume_starts_fresh(tmp_path, glue_dir, make_con
     assert "kd-bert2l-rte-s42: dev accuracy" in caplog.text  # the closing summary line
     _, [run] = student_runs(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     assert run.info.status == "FINISHED" and "resumed_from_step" not in run.data.tags
+
+
+def test_resume_of_a_finished_run_returns_its_metric_and_trains_nothing(
+    tmp_path, glue_dir, make_config, monkeypatch, caplog
+):
+    """What makes a re-run Hydra multirun grid (`resume=true`) run only its unfinished points."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir()
+    settings = ("resume=true", "trainer.max_steps=4", "trainer.save_strategy=no")
+    objective = train(in_process(make_config, glue_dir, tmp_path, *settings))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr("kdsuite.run.job.train_student", no_training)
+    monkeypatch.setattr("kdsuite.run.job.prepare_teacher", no_training)
+    with caplog.at_level(logging.INFO, logger="kdsuite.run.job"):
+        assert train(in_process(make_config, glue_dir, tmp_path, *settings)) == objective
+    assert "finished already" in caplog.text
+    _, runs = student_runs(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    assert len(runs) == 1
+
+    # Without resume=true the same command trains again, as before (a new MLflow run).
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+    train(in_process(make_config, glue_dir, tmp_path, *settings[1:]))
+    assert len(student_runs(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")[1]) == 2

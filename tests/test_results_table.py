@@ -1,5 +1,5 @@
 """The GLUE table builder on a real (SQLite) MLflow store filled by the test: means, sds, the
-paired test against kd, the resume logic and the CSV record; and the committed GLUE and ablation
+paired test against kd, the resume logic (causal_real.py) and the CSV record; and the committed GLUE and ablation
 tables rebuilt from the committed CSV record, byte for byte."""
 
 import csv

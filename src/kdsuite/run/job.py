@@ -85,15 +85,31 @@ def train(cfg) -> float:
     """Run one configured distillation and return its main dev metric.
 
     SIGTERM and SIGINT end it cleanly (the MLflow run KILLED, a checkpoint being saved finished
-    first); `resume=true` continues the run's newest checkpoint in the same MLflow run.
+    first); `resume=true` continues the run's newest checkpoint in the same MLflow run, and when
+    that run already FINISHED, returns its `final_metric` and trains nothing (so re-running a
+    Hydra multirun grid with `resume=true` runs only the points that did not finish).
     """
     with stop_on_signals():
         run = build_run(cfg)
         distributed.setup(run.student_args)
         tracking.configure(cfg.tracking)
+        if cfg.get("resume"):
+            done = finished_already(run)
+            if done is not None:
+                return done
         teacher = teacher_for_every_process(run, prepare_teacher) if run.needs_teacher else None
         run.teacher_outputs = teacher_outputs.get_or_build(run, teacher) if teacher is not None else None
         return train_student(run, teacher)
+
+
+def finished_already(run: Run) -> float | None:
+    """The `final_metric` of this run's folder's MLflow run if that run FINISHED, else None."""
+    run_id = run_folder.saved_run_id(run.out_dir, run.cfg.tracking.uri)
+    objective = tracking.finished_objective(run.cfg.tracking.uri, run_id) if run_id else None
+    if objective is not None:
+        log.info("%s: finished already as MLflow run %s (final_metric %.4f); nothing to do",
+                 run.out_dir, run_id, objective)
+    return objective
 
 
 def train_student(run: Run, teacher: teacher_cache.FineTunedTeacher | None) -> float:

@@ -19,6 +19,7 @@ from typing import Iterator
 import mlflow
 import optuna
 from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
@@ -226,6 +227,18 @@ def log_final(main_metric: str, metrics: dict[str, float]) -> float:
         mlflow.log_metric("final_metric", objective)
         mlflow.set_tag("main_metric", main_metric)
     return objective
+
+
+def finished_objective(uri: str, run_id: str) -> float | None:
+    """`final_metric` of the run `run_id` in the store `uri` if it FINISHED with one, else None
+    (also when the store no longer holds the run)."""
+    try:
+        found = mlflow.MlflowClient(uri).get_run(run_id)
+    except MlflowException:
+        return None
+    if found.info.status != RunStatus.to_string(RunStatus.FINISHED):
+        return None
+    return found.data.metrics.get("final_metric")
 
 
 @on_main_process
