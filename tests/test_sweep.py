@@ -66,11 +66,18 @@ def test_fdd_weight_sweep_tracks_parent_children_and_best(tmp_path, glue_dir):
     assert [p.info.run_id for p in sweep_parents(runs)] == [parent.info.run_id]
     assert len(children_of(runs, parent)) == 3
 
+    # max_trials sizes the study: an invocation tops it up to that many, then adds nothing.
+    for _ in range(2):
+        sweep(tmp_path, glue_dir, "sweep=fdd_weights", "hydra.sweeper.n_trials=5", "hydra.sweeper.max_trials=4")
+        assert len(only_study(tmp_path).trials) == 4
+    _, runs = mlflow_runs(tmp_path)
+    assert len(children_of(runs, parent)) == 4 and sweep_parents(runs)[0].info.status == "FINISHED"
+
     # Other trainer settings are another experiment: a study and a parent run of their own.
     sweep(tmp_path, glue_dir, "sweep=fdd_weights", "hydra.sweeper.n_trials=1", "trainer.learning_rate=3e-3")
     other = only_study(tmp_path, known={study.study_name})
     assert STUDY_NAME.match(other.study_name) and other.study_name != study.study_name
-    assert len(other.trials) == 1 and len(only_study(tmp_path, known={other.study_name}).trials) == 3
+    assert len(other.trials) == 1 and len(only_study(tmp_path, known={other.study_name}).trials) == 4
     _, runs = mlflow_runs(tmp_path)
     assert {p.data.tags["optuna_study"] for p in sweep_parents(runs)} == {study.study_name, other.study_name}
 

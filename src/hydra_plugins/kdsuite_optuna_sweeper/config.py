@@ -15,6 +15,10 @@ class KdsuiteOptunaSweeperConf:
     storage: Optional[str] = "sqlite:///optuna.db"  # any Optuna RDB URL; null: in memory
     direction: str = "maximize"  # every kdsuite objective (the task's main dev metric) is maximised
     n_trials: int = 12  # trials added by this invocation
+    # The study's size: with it, an invocation stops once the study holds this many trials that did
+    # not fail (from every worker and earlier invocations), so re-running a sweep tops it up to
+    # max_trials instead of adding n_trials more. null: no limit.
+    max_trials: Optional[int] = None
     n_jobs: int = 1  # trials run at once, each in its own process (needs a parallel hydra/launcher)
     # Built afresh per trial with seed SeedSequence((seed, trial number)); see sampling.py.
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 0})

@@ -103,9 +103,12 @@ def split_cpu_threads(n_jobs: int) -> int | None:
 
 
 class KdsuiteOptunaSweeper(Sweeper):
-    def __init__(self, study_name, storage, direction, n_trials, n_jobs, sampler, pruner, params):
+    def __init__(self, study_name, storage, direction, n_trials, n_jobs, sampler, pruner, params, max_trials=None):
         if n_jobs < 1 or n_trials < 1:
             raise ValueError(f"hydra.sweeper: n_jobs={n_jobs} and n_trials={n_trials} must both be >= 1")
+        if max_trials is not None and max_trials < 1:
+            raise ValueError(f"hydra.sweeper.max_trials={max_trials}: must be >= 1, or null for no limit")
+        self.max_trials = max_trials
         self.study_name = study_name
         self.storage = storage
         self.direction = direction
@@ -247,7 +250,12 @@ class KdsuiteOptunaSweeper(Sweeper):
             exhausted = False
             while len(outcomes) < self.n_trials and not exhausted:
                 with self._study_lock(study_name):
-                    pending = [study.ask(space) for _ in range(min(self.n_jobs, self.n_trials - len(outcomes)))]
+                    batch = min(self.n_jobs, self.n_trials - len(outcomes), self._room(study))
+                    pending = [study.ask(space) for _ in range(batch)]
+                if not pending:
+                    log.info("study %s holds max_trials=%d trials that did not fail: nothing to add",
+                             study_name, self.max_trials)
+                    break
                 jobs = [self._trial_overrides(fixed, t, study_name, parent_run_id) for t in pending]
                 self.validate_batch_is_legal(jobs)
                 returns = self._launch(jobs, [trial.number for trial in pending])
@@ -274,6 +282,14 @@ class KdsuiteOptunaSweeper(Sweeper):
             client.set_terminated(parent_run_id, status="FAILED")
             raise SweepFailed(f"all {len(failed)} trials of study {study_name} failed; first error: {first}")
         client.set_terminated(parent_run_id, status="FINISHED")
+
+    def _room(self, study: optuna.Study) -> int:
+        """How many more trials `max_trials` allows (asked under the study lock, so it counts the
+        trials other workers are running)."""
+        if self.max_trials is None:
+            return self.n_trials
+        held = [t for t in study.get_trials(deepcopy=False) if t.state != optuna.trial.TrialState.FAIL]
+        return max(0, self.max_trials - len(held))
 
     @staticmethod
     def _tell(study: optuna.Study, trial: optuna.Trial, job) -> tuple[TrialOutcome, bool]:
