@@ -60,25 +60,36 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["rte", "mrpc", "stsb", "cola", "sst2"])
     parser.add_argument("--students", nargs="+", default=["bert2l"])
     parser.add_argument("--losses", nargs="+", default=["ce", "kd", "fdd", "codir"],
-                        help="loss families, or ablation variants (the runs' `variant` tag)")
+                        help="loss families, or variants (the runs' `variant` tag: fdd_traj, kd_tuned, ...)")
     parser.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     parser.add_argument("--experiment", default="glue")
     parser.add_argument("--results", type=Path, default=ROOT / "experiments" / "results")
     parser.add_argument("--table", default="glue", help="name of the results file and plots (glue, ablation)")
     parser.add_argument("--record", default="glue_runs.csv", help="the CSV record in --results")
+    parser.add_argument("--seeds", nargs="+", type=int, help="only these seeds (default: all)")
+    parser.add_argument("--references", nargs="+", default=["kd"],
+                        help="a table per reference: the paired tests are against it")
     args = parser.parse_args()
 
     client = mlflow.MlflowClient(args.tracking_uri)
     runs = finished_runs(client, args.experiment)
     results = [r for r in run_results(runs) if r.dataset in args.tasks and r.student in args.students]
     append_csv(args.results / args.record, results)
+    if args.seeds:
+        results = [r for r in results if r.seed in args.seeds]
     names = {task: get_task(task).main_metric for task in args.tasks}
-    table = build_table(results, teacher_metrics(runs), args.tasks, args.losses, names)
-    figures = []
-    for student in args.students:
+    tables, figures = [], []
+    for student in args.students:  # each over the tasks it was run on
+        own = [r for r in results if r.student == student]
+        tasks = [task for task in args.tasks if any(r.dataset == task for r in own)]
+        if not own:
+            continue
+        for reference in args.references:
+            tables.append(build_table(own, teacher_metrics(runs), tasks, args.losses, names, reference))
         figure = args.results / f"{args.table}_{student}.png"
-        plot(results, args.tasks, args.losses, student, figure)
+        plot(own, tasks, args.losses, student, figure)
         figures.append(figure)
+    table = "\n".join(tables)
     links = "\n".join(f"![{f.stem}]({f.name})" for f in figures)
     markdown = args.results / f"{args.table}.md"
     write_results(markdown, "\n" + table + "\n" + links + "\n",

@@ -121,11 +121,12 @@ def paired_test(results: list[RunResult], student: str, loss: str, reference: st
 
 def build_table(
     results: list[RunResult], teacher: dict[str, float], tasks: list[str], losses: list[str],
-    metric_names: dict[str, str],
+    metric_names: dict[str, str], reference: str = "kd",
 ) -> str:
     """Markdown: teacher row, then one row per (student, loss) with mean +- sd per task (x100),
-    the average over tasks of the per-task means, and the paired test against kd."""
-    header = ["model", *[f"{task} ({metric_names[task]})" for task in tasks], "avg", "vs kd: diff, p (pairs)"]
+    the average over tasks of the per-task means, and the paired test against `reference`."""
+    header = ["model", *[f"{task} ({metric_names[task]})" for task in tasks], "avg",
+              f"vs {reference}: diff, p (pairs)"]
     teacher_cells = [f"{teacher[task] * 100:.2f}" if task in teacher else "-" for task in tasks]
     teacher_avg = [teacher[task] for task in tasks if task in teacher]
     teacher_mean = f"{statistics.fmean(teacher_avg) * 100:.2f}" if len(teacher_avg) == len(tasks) else "-"
@@ -144,8 +145,8 @@ def build_table(
             if not means:
                 continue
             average = f"{statistics.fmean(means) * 100:.2f}" if len(means) == len(tasks) else "-"
-            difference, p_value, n_pairs = paired_test(results, student, loss)
-            versus = "reference" if loss == "kd" else (
+            difference, p_value, n_pairs = paired_test(results, student, loss, reference)
+            versus = "reference" if loss == reference else (
                 f"{difference * 100:+.2f}, p={p_value:.3g} ({n_pairs})" if p_value is not None else f"- ({n_pairs})"
             )
             rows.append([f"{student} {loss}", *cells, average, versus])

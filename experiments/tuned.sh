@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# kd, fdd and codir tuned by the suite's own sweeps, then reported on fresh seeds (results/tuned.md):
+#   GLUE_DIR=../shared/data/glue bash experiments/tuned.sh [TRACKING_URI]
+# 1. For each loss and task: sweep=<loss>_weights on seed 1 only, TRIALS trials (20; the study is
+#    topped up to that size on a re-run, hydra.sweeper.max_trials), JOBS at a time.
+# 2. The selected weights (the best trial) on seeds 2-5, into the GLUE experiment tagged
+#    variant=<loss>_tuned; the defaults of every loss on the same seeds come from the grid
+#    (experiments/glue.sh; run here too for these tasks if missing).
+# 3. The table: python experiments/tuned.py table.
+# Same pinned student recipe as experiments/glue.sh. Settings: TASKS ("mrpc stsb"), TRIALS, JOBS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export URI="${1:-sqlite:///mlflow.db}"
+export RECIPE="trainer.num_train_epochs=3 trainer.learning_rate=3e-4"
+tasks="${TASKS:-mrpc stsb}"
+jobs=${JOBS:-2}
+for task in $tasks; do
+  for loss in kd fdd codir; do
+    # shellcheck disable=SC2086  # RECIPE is a list of overrides
+    python run.py -m "sweep=${loss}_weights" "dataset=$task" student=bert2l seed=1 $RECIPE \
+      teacher.outputs=cached "hydra.sweeper.n_trials=${TRIALS:-20}" "hydra.sweeper.max_trials=${TRIALS:-20}" \
+      "hydra.sweeper.n_jobs=$jobs" "tracking.uri=$URI" tracking.experiment=tuned
+  done
+done
+for task in $tasks; do
+  SEEDS="2 3 4 5" TASKS="$task" EXPERIMENT=glue bash experiments/glue_grid.sh
+  for loss in kd fdd codir; do
+    selected=$(python experiments/tuned.py selected --loss "$loss" --task "$task" --tracking-uri "$URI")
+    SEEDS="2 3 4 5" TASKS="$task" LOSSES="$loss" EXTRA="$selected" VARIANT="${loss}_tuned" EXPERIMENT=glue \
+      bash experiments/glue_grid.sh
+  done
+done
+# shellcheck disable=SC2086
+python experiments/tuned.py table --tasks $tasks --tracking-uri "$URI"
