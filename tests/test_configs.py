@@ -30,8 +30,11 @@ def test_every_option_composes(make_config, group, option):
     loss = instantiate(cfg.loss)(context=context)
     assert isinstance(loss, DistillationLoss)
     if group == "dataset":
-        assert cfg.dataset.name == option
+        subset = {"sst2_8k": "sst2"}  # a subset option keeps its task's name (and so its tables' column)
+        assert cfg.dataset.name == subset.get(option, option)
         get_task(cfg.dataset.name)
+        if option in subset:
+            assert cfg.dataset.max_train_samples == 8000
     if group == "student":
         assert cfg.student.name == option and cfg.student.num_layers >= 2
         assert cfg.student.lora.r == 0  # LoRA is opt-in
