@@ -9,7 +9,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export URI="${1:-sqlite:///mlflow.db}" EXPERIMENT=glue_1epoch SEEDS="${SEEDS:-1 2 3}"
-export RECIPE="trainer.num_train_epochs=1 trainer.learning_rate=1e-4"
+export RECIPE="trainer.num_train_epochs=1 trainer.learning_rate=1e-4 trainer.bf16=false"
 bash experiments/glue_grid.sh
 TASKS=rte,mrpc,stsb LOSSES=fdd EXTRA="loss.beta_delta=0" VARIANT=fdd_traj bash experiments/glue_grid.sh
 TASKS=rte,mrpc,stsb LOSSES=fdd EXTRA="loss.alpha_traj=0" VARIANT=fdd_delta bash experiments/glue_grid.sh

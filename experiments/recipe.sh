@@ -5,7 +5,8 @@
 # table (experiments/results/recipe.md).
 #   GLUE_DIR=../shared/data/glue bash experiments/recipe.sh
 # Settings (environment): URI (sqlite:///mlflow.db), STUDENTS (bert2l,bert4l), TASKS
-# (stsb,mrpc,cola), LRS (1e-4,3e-4,1e-3), EPOCHS (3), LOSSES (ce), SEEDS (1), JOBS (2), EXTRA.
+# (stsb,mrpc,cola), LRS (1e-4,3e-4,1e-3), EPOCHS (3), LOSSES (ce), SEEDS (1), JOBS (2), BF16 (true:
+# students train in bf16 as on a GPU, CPU autocast included), EXTRA.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=${JOBS:-2}
@@ -15,6 +16,7 @@ uri=${URI:-sqlite:///mlflow.db}
 # shellcheck disable=SC2086  # EXTRA is a list of overrides
 python run.py -m "student=${STUDENTS:-bert2l,bert4l}" "dataset=${TASKS:-stsb,mrpc,cola}" \
   "trainer.learning_rate=${LRS:-1e-4,3e-4,1e-3}" "trainer.num_train_epochs=${EPOCHS:-3}" \
-  "loss=${LOSSES:-ce}" "seed=${SEEDS:-1}" trainer.eval_strategy=epoch teacher.outputs=cached resume=true \
+  "loss=${LOSSES:-ce}" "seed=${SEEDS:-1}" trainer.eval_strategy=epoch "trainer.bf16=${BF16:-true}" \
+  teacher.outputs=cached resume=true \
   ${EXTRA:-} "tracking.uri=$uri" tracking.experiment=recipe hydra/launcher=processes "hydra.launcher.n_jobs=$jobs"
 python experiments/student_recipe.py --tracking-uri "$uri"

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export URI="${1:-sqlite:///mlflow.db}"
-export RECIPE="trainer.num_train_epochs=3 trainer.learning_rate=3e-4"
+export RECIPE="trainer.num_train_epochs=3 trainer.learning_rate=3e-4 trainer.bf16=true"
 tasks="${TASKS:-mrpc stsb}"
 jobs=${JOBS:-2}
 for task in $tasks; do

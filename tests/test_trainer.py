@@ -123,3 +123,14 @@ def test_causal_accumulation_weights_micro_batches_by_response_tokens(tmp_path):
         trainer.train()
         weights.append(student.transformer.h[0].mlp.c_fc.weight.detach().clone())
     assert torch.allclose(weights[0], weights[1], atol=1e-5)
+
+
+def test_bf16_student_after_an_fp32_teacher_fine_tune_in_one_process(make_config, glue_dir):
+    """On a CPU the teacher fine-tunes in fp32 (bf16: auto) and the student may train in bf16
+    (CPU autocast): two Trainers with two precisions in one process, which accelerate's
+    process-wide state refused before each Trainer reset it."""
+    from kdsuite.run import train
+
+    cfg = make_config("experiment=smoke", "loss=kd", "trainer.max_steps=2", "trainer.eval_strategy=no",
+                      "teacher.finetune.max_steps=2", "trainer.bf16=true")
+    assert 0.0 <= train(cfg) <= 1.0

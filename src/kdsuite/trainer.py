@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import torch
+from accelerate.state import AcceleratorState
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -88,6 +89,11 @@ class DistillationTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
     def __init__(self, *args, distillation_loss: DistillationLoss, teacher=None, teacher_outputs=None, **kwargs):
+        # accelerate keeps one AcceleratorState per process and refuses a second mixed precision, but
+        # one process builds several Trainers: the teacher's fine-tune, then the student (on a CPU the
+        # former in fp32, the latter perhaps in bf16), or a sweep worker's successive trials. Each
+        # Trainer is set up from its own arguments; the process group (PartialState) is kept.
+        AcceleratorState._reset_state(reset_partial_state=False)
         super().__init__(*args, **kwargs)
         if distillation_loss.needs_teacher and teacher is None and teacher_outputs is None:
             raise ValueError(f"loss {distillation_loss.name!r} needs a teacher, none was given")
@@ -227,14 +233,15 @@ def training_arguments(settings: dict, output_dir: str, seed: int, section: str 
     loss's learned parts (projections, heads) are used after the model's forward, so DDP's search
     for unused parameters at the end of the forward would count them as unused and then fail when
     their gradients arrive. Several processes on a machine without an accelerator get `use_cpu`,
-    without which transformers would not start DDP (gloo) there.
+    without which transformers would not start DDP (gloo) there; so does `bf16: true` there (CPU
+    autocast, which transformers allows only with `use_cpu`).
     """
     settings = dict(settings)
     settings["bf16"] = resolve_bf16(settings.get("bf16", "auto"))
     settings.setdefault("seed", seed)
     settings.setdefault("dataloader_pin_memory", torch.cuda.is_available())
     settings.setdefault("ddp_find_unused_parameters", False)
-    settings.setdefault("use_cpu", cpu_only_launch())
+    settings.setdefault("use_cpu", cpu_only_launch() or (settings["bf16"] and not torch.accelerator.is_available()))
     known = {field.name for field in dataclasses.fields(TrainingArguments) if field.init}
     unknown = sorted(set(settings) - known)
     if unknown:
