@@ -150,8 +150,25 @@ def test_resume_of_a_finished_run_returns_its_metric_and_trains_nothing(
     _, runs = student_runs(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     assert len(runs) == 1
 
-    # Without resume=true the same command trains again, as before (a new MLflow run).
+    # The same config in another experiment (a recipe check and a grid share run folders) is a
+    # run of its own there, and does not make the first experiment's run train again.
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
+    other = in_process(make_config, glue_dir, tmp_path, *settings, "tracking.experiment=grid")
+    train(other)
+    client = mlflow.MlflowClient(uri)
+    [in_grid] = client.search_runs([client.get_experiment_by_name("grid").experiment_id])
+    assert in_grid.info.status == "FINISHED"
+    monkeypatch.setattr("kdsuite.run.job.build_run", no_training)
+    for cfg in (in_process(make_config, glue_dir, tmp_path, *settings), other):
+        assert train(cfg) == objective
+    monkeypatch.undo()
+    monkeypatch.chdir(tmp_path)
+
+    # A deleted run is not a result: the point trains again. Without resume=true it always does.
+    client.delete_run(runs[0].info.run_id)
+    train(in_process(make_config, glue_dir, tmp_path, *settings))
     train(in_process(make_config, glue_dir, tmp_path, *settings[1:]))
-    assert len(student_runs(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")[1]) == 2
+    again = student_runs(uri)[1]
+    assert len(again) == 2 and runs[0].info.run_id not in {run.info.run_id for run in again}

@@ -106,7 +106,7 @@ def test_csv_record_appends_once_and_reads_back(store, tmp_path):
     ("ablation_1epoch", "glue_1epoch_runs.csv", ["rte", "mrpc", "stsb"], ["kd", "fdd_traj", "fdd_delta", "fdd"]),
 ])
 def test_committed_table_is_rebuilt_from_the_committed_record(name, record, tasks, losses):
-    """What `compare_glue.py --table-only` writes below the marker, from glue_runs.csv instead of
+    """What `compare_glue.py` writes below the marker, from glue_runs.csv instead of
     MLflow: the same text as the committed file (the record holds no teacher runs, so the
     teacher's scores are read off the committed teacher row)."""
     committed = (RESULTS / f"{name}.md").read_text().split(MARKER + "\n\n")[1].split("\n\n")[0] + "\n"

@@ -57,7 +57,7 @@ def test_fdd_weight_sweep_tracks_parent_children_and_best(tmp_path, glue_dir):
     identity = client.download_artifacts(parent.info.run_id, "sweep/study_identity.yaml", str(tmp_path))
     identity = OmegaConf.load(identity)
     assert identity.hash == parent.data.tags["study_hash"] and identity.study_name == study.study_name
-    assert identity.hashed_config.trainer.learning_rate == 1e-4
+    assert identity.hashed_config.trainer.learning_rate == 3e-4
     assert "alpha_traj" not in identity.hashed_config.loss and "loss.alpha_traj" in identity.excluded
     table = (tmp_path / "multirun" / "optuna" / "trials.md").read_text()
     assert table.count("COMPLETE") == 2

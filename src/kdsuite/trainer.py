@@ -241,7 +241,7 @@ def training_arguments(settings: dict, output_dir: str, seed: int, section: str 
     settings.setdefault("seed", seed)
     settings.setdefault("dataloader_pin_memory", torch.cuda.is_available())
     settings.setdefault("ddp_find_unused_parameters", False)
-    settings.setdefault("use_cpu", cpu_only_launch() or (settings["bf16"] and not torch.accelerator.is_available()))
+    settings.setdefault("use_cpu", cpu_only_launch() or (settings["bf16"] and not torch.cuda.is_available()))
     known = {field.name for field in dataclasses.fields(TrainingArguments) if field.init}
     unknown = sorted(set(settings) - known)
     if unknown:

@@ -90,25 +90,27 @@ def train(cfg) -> float:
     Hydra multirun grid with `resume=true` runs only the points that did not finish).
     """
     with stop_on_signals():
+        if cfg.get("resume"):
+            done = finished_already(cfg)
+            if done is not None:
+                return done
         run = build_run(cfg)
         distributed.setup(run.student_args)
         tracking.configure(cfg.tracking)
-        if cfg.get("resume"):
-            done = finished_already(run)
-            if done is not None:
-                return done
         teacher = teacher_for_every_process(run, prepare_teacher) if run.needs_teacher else None
         run.teacher_outputs = teacher_outputs.get_or_build(run, teacher) if teacher is not None else None
         return train_student(run, teacher)
 
 
-def finished_already(run: Run) -> float | None:
-    """The `final_metric` of this run's folder's MLflow run if that run FINISHED, else None."""
-    run_id = run_folder.saved_run_id(run.out_dir, run.cfg.tracking.uri)
-    objective = tracking.finished_objective(run.cfg.tracking.uri, run_id) if run_id else None
+def finished_already(cfg) -> float | None:
+    """The `final_metric` of the run's folder's MLflow run in this store and experiment if that
+    run FINISHED, else None. Checked before anything is loaded: a finished point costs nothing."""
+    folder = run_folder.run_folder(cfg)
+    run_id = run_folder.saved_run_id(folder, cfg.tracking.uri, cfg.tracking.experiment)
+    objective = tracking.finished_objective(cfg.tracking.uri, run_id, cfg.tracking.experiment) if run_id else None
     if objective is not None:
         log.info("%s: finished already as MLflow run %s (final_metric %.4f); nothing to do",
-                 run.out_dir, run_id, objective)
+                 folder, run_id, objective)
     return objective
 
 
@@ -116,7 +118,7 @@ def train_student(run: Run, teacher: teacher_cache.FineTunedTeacher | None) -> f
     cfg = run.cfg
     resume_run_id = None
     if run.resume_from is not None:
-        resume_run_id = run_folder.saved_run_id(run.out_dir, cfg.tracking.uri)
+        resume_run_id = run_folder.saved_run_id(run.out_dir, cfg.tracking.uri, cfg.tracking.experiment)
         log.info("resuming %s from %s", run.out_dir, run.resume_from.name)
     elif cfg.get("resume"):
         log.warning("resume=true, but %s holds no checkpoint: starting fresh", run.out_dir)
@@ -128,7 +130,7 @@ def train_student(run: Run, teacher: teacher_cache.FineTunedTeacher | None) -> f
     with tracking.tracked_run(run_name, tags, cfg, parent_run_id=cfg.tracking.get("parent_run_id"),
                               resume_run_id=resume_run_id) as mlflow_run:
         if mlflow_run is not None:  # None on the other processes of a DDP run
-            run_folder.save_run_id(run.out_dir, mlflow_run.info.run_id, cfg.tracking.uri)
+            run_folder.save_run_id(run.out_dir, mlflow_run.info.run_id, cfg.tracking.uri, cfg.tracking.experiment)
         if teacher is not None:
             tracking.log_teacher_metrics(teacher.metrics)
         set_seed(cfg.seed)

@@ -4,7 +4,7 @@ Unless `output_dir` is set, a run's folder is `outputs/runs/<hash>/` under the l
 hash covers the composed config, seed included, minus the keys that do not change what is
 trained: `resume`, `tracking.*`, `cache_dir`, `output_dir` and a sweep's bookkeeping
 (`optuna.*`). The folder holds `trainer/` (checkpoints, written atomically by the Trainer),
-`mlflow_run.json` (the MLflow run that a resume continues) and, with `save_student`, `student/`.
+`mlflow_run.json` (the MLflow run that a resume continues, per tracking store and experiment) and, with `save_student`, `student/`.
 
 A re-run whose folder holds checkpoints must say what to do with them: `resume=true` continues
 from the newest one; without it the run stops before any work rather than overwrite them.
@@ -81,16 +81,29 @@ def store_identity(tracking_uri: str) -> str:
     return tracking_uri
 
 
-def save_run_id(folder: Path, run_id: str, tracking_uri: str) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    saved = {"run_id": run_id, "tracking_uri": store_identity(tracking_uri)}
-    (folder / RUN_ID_FILE).write_text(json.dumps(saved))
-
-
-def saved_run_id(folder: Path, tracking_uri: str) -> str | None:
-    """The MLflow run this folder's checkpoints belong to, if it was logged to `tracking_uri`."""
+def _saved_runs(folder: Path) -> list[dict]:
     path = folder / RUN_ID_FILE
     if not path.is_file():
-        return None
+        return []
     saved = json.loads(path.read_text())
-    return saved["run_id"] if saved.get("tracking_uri") == store_identity(tracking_uri) else None
+    # A file of one run without its experiment was written before runs were told apart by it.
+    return saved["runs"] if "runs" in saved else [saved]
+
+
+def save_run_id(folder: Path, run_id: str, tracking_uri: str, experiment: str) -> None:
+    """Record `run_id` as this folder's run in (store, experiment). The same config run in two
+    experiments (a recipe check and a grid) shares a folder; each keeps its own run."""
+    folder.mkdir(parents=True, exist_ok=True)
+    where = {"tracking_uri": store_identity(tracking_uri), "experiment": experiment}
+    others = [saved for saved in _saved_runs(folder)
+              if (saved.get("tracking_uri"), saved.get("experiment")) != tuple(where.values())]
+    (folder / RUN_ID_FILE).write_text(json.dumps({"runs": [*others, {"run_id": run_id, **where}]}))
+
+
+def saved_run_id(folder: Path, tracking_uri: str, experiment: str) -> str | None:
+    """The MLflow run this folder's checkpoints belong to in (store, experiment), if any. A run
+    recorded without its experiment is returned for any experiment: the caller checks it."""
+    for saved in reversed(_saved_runs(folder)):
+        if saved.get("tracking_uri") == store_identity(tracking_uri) and saved.get("experiment", experiment) == experiment:
+            return saved["run_id"]
+    return None

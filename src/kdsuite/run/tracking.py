@@ -229,14 +229,18 @@ def log_final(main_metric: str, metrics: dict[str, float]) -> float:
     return objective
 
 
-def finished_objective(uri: str, run_id: str) -> float | None:
-    """`final_metric` of the run `run_id` in the store `uri` if it FINISHED with one, else None
-    (also when the store no longer holds the run)."""
+def finished_objective(uri: str, run_id: str, experiment: str) -> float | None:
+    """`final_metric` of the run `run_id` in the store `uri` if it FINISHED with one in the
+    experiment named `experiment` and was not deleted; else None (also when the store no longer
+    holds the run)."""
+    client = mlflow.MlflowClient(uri)
     try:
-        found = mlflow.MlflowClient(uri).get_run(run_id)
+        found = client.get_run(run_id)
+        in_experiment = client.get_experiment(found.info.experiment_id).name == experiment
     except MlflowException:
         return None
-    if found.info.status != RunStatus.to_string(RunStatus.FINISHED):
+    if (found.info.status != RunStatus.to_string(RunStatus.FINISHED) or found.info.lifecycle_stage != "active"
+            or not in_experiment):
         return None
     return found.data.metrics.get("final_metric")
 
