@@ -12,10 +12,14 @@ cd "$(dirname "$0")/.."
 export URI="${1:-sqlite:///mlflow.db}" EXPERIMENT=glue
 export RECIPE="trainer.num_train_epochs=3 trainer.learning_rate=3e-4 trainer.bf16=true"
 seeds="${SEEDS:-1 2 3 4 5}"
-SEEDS="$seeds" bash experiments/glue_grid.sh
-SEEDS="${SEEDS_4L:-1 2 3}" STUDENT=bert4l TASKS=rte,mrpc,stsb bash experiments/glue_grid.sh
-SEEDS="$seeds" TASKS=rte,mrpc,stsb LOSSES=fdd EXTRA="loss.beta_delta=0" VARIANT=fdd_traj bash experiments/glue_grid.sh
-SEEDS="$seeds" TASKS=rte,mrpc,stsb LOSSES=fdd EXTRA="loss.alpha_traj=0" VARIANT=fdd_delta bash experiments/glue_grid.sh
-python experiments/compare_glue.py --tracking-uri "$URI" --students bert2l bert4l
+status=0  # a failed run is reported at the end (and retried by a re-run); the rest goes on
+SEEDS="$seeds" bash experiments/glue_grid.sh || status=1
+SEEDS="${SEEDS_4L:-1 2 3}" STUDENT=bert4l TASKS=rte,mrpc,stsb bash experiments/glue_grid.sh || status=1
+SEEDS="$seeds" TASKS=rte,mrpc,stsb LOSSES=fdd EXTRA="loss.beta_delta=0" VARIANT=fdd_traj \
+  bash experiments/glue_grid.sh || status=1
+SEEDS="$seeds" TASKS=rte,mrpc,stsb LOSSES=fdd EXTRA="loss.alpha_traj=0" VARIANT=fdd_delta \
+  bash experiments/glue_grid.sh || status=1
+python experiments/compare_glue.py --tracking-uri "$URI" --students bert2l bert4l || status=1
 python experiments/compare_glue.py --tracking-uri "$URI" --tasks rte mrpc stsb --losses kd fdd_traj fdd_delta fdd \
-  --table ablation
+  --table ablation || status=1
+exit $status

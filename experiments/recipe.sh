@@ -5,7 +5,8 @@
 # table (experiments/results/recipe.md).
 #   GLUE_DIR=../shared/data/glue bash experiments/recipe.sh
 # Settings (environment): URI (sqlite:///mlflow.db), STUDENTS (bert2l,bert4l), TASKS
-# (stsb,mrpc,cola), LRS (1e-4,3e-4,1e-3), EPOCHS (3), LOSSES (ce), SEEDS (1), JOBS (2), BF16 (true:
+# (stsb,mrpc,cola), LRS (1e-4,3e-4,1e-3), EPOCHS (3), LOSSES (ce), SEEDS (1; Hydra lists, comma-
+# separated, as all of these), JOBS (2), BF16 (true:
 # students train in bf16 as on a GPU, CPU autocast included), EXTRA.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -7,7 +7,8 @@ Selection (`experiments/tuned.sh` runs it all): for each loss (kd, fdd, codir) a
 Optuna sweep over the loss's weights (`sweep=<loss>_weights`) on seed 1 only, in the MLflow
 experiment `tuned`; its best trial's values (the sweep parent's `best.*` tags) are the selection.
 `selected` prints them as run.py overrides, from the newest sweep parent of that preset, task and
-student. The selected weights are then trained on seeds 2-5 into the GLUE experiment, tagged
+student, with a tag naming the selection (study and trial): the table keeps only the runs of the
+current selection. The selected weights are then trained on seeds 2-5 into the GLUE experiment, tagged
 `variant=<loss>_tuned`, beside the grid's runs of every loss at its defaults (same recipe).
 
 `table` writes `tuned.md`: the selected weights with their seed-1 value and trial count, then
@@ -25,11 +26,21 @@ import mlflow
 
 from kdsuite.reports.markdown import markdown_table, write_results
 from kdsuite.reports.results_table import build_table, finished_runs, run_results, teacher_metrics
-from kdsuite.reports.selection import newest_sweep_parent, selected_overrides
+from kdsuite.reports.selection import newest_sweep_parent, selected_overrides, selection_id
 from kdsuite.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
 TUNED_LOSSES = ("kd", "fdd", "codir")
+
+
+def current_selection(run, client, sweep_experiment: str, student: str) -> bool:
+    """False for a `<loss>_tuned` run of another selection than the sweep's current one."""
+    variant = run.data.tags.get("variant", "")
+    if not variant.endswith("_tuned"):
+        return True
+    parent = newest_sweep_parent(client, sweep_experiment, f"{variant[:-len('_tuned')]}_weights",
+                                 run.data.tags["dataset"], student)
+    return parent is not None and run.data.tags.get("selection") == selection_id(parent)
 
 
 def selection_table(client, experiment: str, tasks: list[str], student: str) -> str:
@@ -68,10 +79,11 @@ def main() -> None:
         if parent is None or not selected_overrides(parent):
             sys.exit(f"no sweep={args.loss}_weights on {args.task}/{args.student} with a best "
                      f"trial in MLflow experiment {args.sweep_experiment!r} at {args.tracking_uri}")
-        print(" ".join(selected_overrides(parent)))
+        print(" ".join([*selected_overrides(parent), f"+tracking.tags.selection={selection_id(parent)}"]))
         return
 
-    runs = finished_runs(client, args.experiment)
+    runs = [run for run in finished_runs(client, args.experiment)
+            if current_selection(run, client, args.sweep_experiment, args.student)]
     results = [r for r in run_results(runs)
                if r.dataset in args.tasks and r.student == args.student and r.seed in args.seeds]
     names = {task: get_task(task).main_metric for task in args.tasks}

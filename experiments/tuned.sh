@@ -8,27 +8,31 @@
 #    (experiments/glue.sh; run here too for these tasks if missing).
 # 3. The table: python experiments/tuned.py table.
 # Same pinned student recipe as experiments/glue.sh. Settings: TASKS ("mrpc stsb"), TRIALS, JOBS.
-set -euo pipefail
+set -uo pipefail
 cd "$(dirname "$0")/.."
 export URI="${1:-sqlite:///mlflow.db}"
 export RECIPE="trainer.num_train_epochs=3 trainer.learning_rate=3e-4 trainer.bf16=true"
 tasks="${TASKS:-mrpc stsb}"
 jobs=${JOBS:-2}
+status=0  # a failed sweep or run is reported at the end; the rest goes on
 for task in $tasks; do
   for loss in kd fdd codir; do
     # shellcheck disable=SC2086  # RECIPE is a list of overrides
     python run.py -m "sweep=${loss}_weights" "dataset=$task" student=bert2l seed=1 $RECIPE \
       teacher.outputs=cached "hydra.sweeper.n_trials=${TRIALS:-20}" "hydra.sweeper.max_trials=${TRIALS:-20}" \
-      "hydra.sweeper.n_jobs=$jobs" "tracking.uri=$URI" tracking.experiment=tuned
+      "hydra.sweeper.n_jobs=$jobs" "tracking.uri=$URI" tracking.experiment=tuned || status=1
   done
 done
 for task in $tasks; do
-  SEEDS="2 3 4 5" TASKS="$task" EXPERIMENT=glue bash experiments/glue_grid.sh
+  SEEDS="2 3 4 5" TASKS="$task" EXPERIMENT=glue bash experiments/glue_grid.sh || status=1
   for loss in kd fdd codir; do
-    selected=$(python experiments/tuned.py selected --loss "$loss" --task "$task" --tracking-uri "$URI")
+    # the selected values, and a tag naming the selection (the table keeps only its runs)
+    selected=$(python experiments/tuned.py selected --loss "$loss" --task "$task" --tracking-uri "$URI") \
+      || { status=1; continue; }
     SEEDS="2 3 4 5" TASKS="$task" LOSSES="$loss" EXTRA="$selected" VARIANT="${loss}_tuned" EXPERIMENT=glue \
-      bash experiments/glue_grid.sh
+      bash experiments/glue_grid.sh || status=1
   done
 done
 # shellcheck disable=SC2086
-python experiments/tuned.py table --tasks $tasks --tracking-uri "$URI"
+python experiments/tuned.py table --tasks $tasks --tracking-uri "$URI" || status=1
+exit $status

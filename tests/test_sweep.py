@@ -8,7 +8,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from kdsuite.reports.selection import newest_sweep_parent, selected_overrides
+from kdsuite.reports.selection import newest_sweep_parent, selected_overrides, selection_id
 from sweep_runs import children_of, mlflow_runs, sweep, sweep_parents
 
 STUDY_NAME = re.compile(r"^fdd_weights_rte_bert2l_[0-9a-f]{10}$")
@@ -48,6 +48,7 @@ def test_fdd_weight_sweep_tracks_parent_children_and_best(tmp_path, glue_dir):
     assert newest_sweep_parent(client, "kdsuite", "fdd_weights", "rte", "bert2l").info.run_id == parent.info.run_id
     assert newest_sweep_parent(client, "kdsuite", "kd_weights", "rte", "bert2l") is None
     assert selected_overrides(parent) == [f"{name}={value}" for name, value in sorted(best.params.items())]
+    assert selection_id(parent) == f"{study.study_name}/{best.number}"
     assert parent.data.tags["best_trial"] == str(best.number)
     for name, value in best.params.items():
         assert parent.data.tags[f"best.{name}"] == str(value)

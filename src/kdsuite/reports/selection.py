@@ -24,3 +24,9 @@ def selected_overrides(parent) -> list[str]:
     prefix = "best."
     return [f"{key[len(prefix):]}={value}" for key, value in sorted(parent.data.tags.items())
             if key.startswith(prefix)]
+
+
+def selection_id(parent) -> str:
+    """Names one selection: the study and its best trial, `<study>/<trial>` (a valid Hydra override
+    value, for a run's tag). A study topped up later may select other values, and another id."""
+    return f"{parent.data.tags['optuna_study']}/{parent.data.tags.get('best_trial', 'none')}"
