@@ -104,6 +104,7 @@ def test_csv_record_appends_once_and_reads_back(store, tmp_path):
 @pytest.mark.parametrize("name, record, tasks, losses", [
     ("glue_1epoch", "glue_1epoch_runs.csv", ["rte", "mrpc", "stsb", "cola", "sst2"], ["ce", "kd", "fdd", "codir"]),
     ("ablation_1epoch", "glue_1epoch_runs.csv", ["rte", "mrpc", "stsb"], ["kd", "fdd_traj", "fdd_delta", "fdd"]),
+    ("glue", "glue_runs.csv", ["rte", "mrpc", "stsb", "cola", "sst2"], ["ce", "kd", "fdd", "codir"]),
 ])
 def test_committed_table_is_rebuilt_from_the_committed_record(name, record, tasks, losses):
     """What `compare_glue.py` writes below the marker, from glue_runs.csv instead of
