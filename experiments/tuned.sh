@@ -7,32 +7,39 @@
 #    variant=<loss>_tuned; the defaults of every loss on the same seeds come from the grid
 #    (experiments/glue.sh; run here too for these tasks if missing).
 # 3. The table: python experiments/tuned.py table.
-# Same pinned student recipe as experiments/glue.sh. Settings: TASKS ("mrpc stsb"), TRIALS, JOBS.
+# Same pinned student recipe as experiments/glue.sh. Settings (environment): TASKS ("mrpc stsb"),
+# TRIALS (20), JOBS (2), STUDENT (bert2l), SEEDS (the report seeds, "2 3 4 5"), RESULTS (where
+# tuned.md goes, experiments/results) and RECIPE (the pinned recipe; tests/test_tuned_pipeline.py
+# runs the whole pipeline on a tiny teacher through it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export URI="${1:-sqlite:///mlflow.db}"
-export RECIPE="trainer.num_train_epochs=3 trainer.learning_rate=3e-4 trainer.bf16=true"
+export RECIPE="${RECIPE:-trainer.num_train_epochs=3 trainer.learning_rate=3e-4 trainer.bf16=true}"
+export STUDENT="${STUDENT:-bert2l}"
 tasks="${TASKS:-mrpc stsb}"
+seeds="${SEEDS:-2 3 4 5}"
 jobs=${JOBS:-2}
 status=0  # a failed sweep or run is reported at the end; the rest goes on
 for task in $tasks; do
   for loss in kd fdd codir; do
     # shellcheck disable=SC2086  # RECIPE is a list of overrides
-    python run.py -m "sweep=${loss}_weights" "dataset=$task" student=bert2l seed=1 $RECIPE \
+    python run.py -m "sweep=${loss}_weights" "dataset=$task" "student=$STUDENT" seed=1 $RECIPE \
       teacher.outputs=cached "hydra.sweeper.n_trials=${TRIALS:-20}" "hydra.sweeper.max_trials=${TRIALS:-20}" \
       "hydra.sweeper.n_jobs=$jobs" "tracking.uri=$URI" tracking.experiment=tuned || status=1
   done
 done
 for task in $tasks; do
-  SEEDS="2 3 4 5" TASKS="$task" EXPERIMENT=glue bash experiments/glue_grid.sh || status=1
+  SEEDS="$seeds" TASKS="$task" JOBS=$jobs EXPERIMENT=glue bash experiments/glue_grid.sh || status=1
   for loss in kd fdd codir; do
     # the selected values, and a tag naming the selection (the table keeps only its runs)
-    selected=$(python experiments/tuned.py selected --loss "$loss" --task "$task" --tracking-uri "$URI") \
+    selected=$(python experiments/tuned.py selected --loss "$loss" --task "$task" --student "$STUDENT" \
+      --tracking-uri "$URI") \
       || { status=1; continue; }
-    SEEDS="2 3 4 5" TASKS="$task" LOSSES="$loss" EXTRA="$selected" VARIANT="${loss}_tuned" EXPERIMENT=glue \
-      bash experiments/glue_grid.sh || status=1
+    SEEDS="$seeds" TASKS="$task" LOSSES="$loss" EXTRA="$selected" VARIANT="${loss}_tuned" JOBS=$jobs \
+      EXPERIMENT=glue bash experiments/glue_grid.sh || status=1
   done
 done
 # shellcheck disable=SC2086
-python experiments/tuned.py table --tasks $tasks --tracking-uri "$URI" || status=1
+python experiments/tuned.py table --tasks $tasks --student "$STUDENT" --seeds $seeds --tracking-uri "$URI" \
+  --results "${RESULTS:-experiments/results}" || status=1
 exit $status
