@@ -19,6 +19,10 @@ class KdsuiteOptunaSweeperConf:
     # not fail (from every worker and earlier invocations), so re-running a sweep tops it up to
     # max_trials instead of adding n_trials more. null: no limit.
     max_trials: Optional[int] = None
+    # Seconds between the heartbeats the sweeper records for its running trials; a RUNNING trial
+    # silent for 4 intervals (its sweep was killed) is failed before the next ask, so max_trials
+    # does not count it (heartbeat.py). null: no heartbeats.
+    heartbeat_interval: Optional[int] = 30
     n_jobs: int = 1  # trials run at once, each in its own process (needs a parallel hydra/launcher)
     # Built afresh per trial with seed SeedSequence((seed, trial number)); see sampling.py.
     sampler: Any = field(default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": 0})

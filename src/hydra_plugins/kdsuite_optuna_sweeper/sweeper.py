@@ -20,6 +20,9 @@ seeded by the trial's number (`sampling.py`), so no two workers draw the same pa
 (`hydra/launcher=processes`, `submitit_local`, `submitit_slurm`) runs them at the same time, each
 in its own process, and on this machine the CPU threads are split between them.
 
+A sweep killed outright leaves its trials RUNNING; the next sweep on the study fails them once
+their heartbeats stop (`heartbeat.py`), so `max_trials` tops the study up to its full size.
+
 A trial that raises is FAIL in Optuna (PRUNED when it was pruned) and FAILED in MLflow; the sweep
 goes on, and the parent counts the failures. If every trial of the invocation failed, the parent
 ends FAILED with the first error as tag `error`, and the sweep raises (a non-zero exit). At the end
@@ -31,6 +34,7 @@ Optuna's plots, also written to the sweep folder.
 import logging
 import os
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +49,7 @@ from hydra.utils import instantiate
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.kdsuite_optuna_sweeper.heartbeat import TrialHeartbeats, fail_stale_trials, grace_period
 from hydra_plugins.kdsuite_optuna_sweeper.sampling import TrialSeededSampler
 from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
 from hydra_plugins.kdsuite_optuna_sweeper.study_identity import StudyIdentity, identify
@@ -103,12 +108,17 @@ def split_cpu_threads(n_jobs: int) -> int | None:
 
 
 class KdsuiteOptunaSweeper(Sweeper):
-    def __init__(self, study_name, storage, direction, n_trials, n_jobs, sampler, pruner, params, max_trials=None):
+    def __init__(self, study_name, storage, direction, n_trials, n_jobs, sampler, pruner, params, max_trials=None,
+                 heartbeat_interval=None):
         if n_jobs < 1 or n_trials < 1:
             raise ValueError(f"hydra.sweeper: n_jobs={n_jobs} and n_trials={n_trials} must both be >= 1")
         if max_trials is not None and max_trials < 1:
             raise ValueError(f"hydra.sweeper.max_trials={max_trials}: must be >= 1, or null for no limit")
+        if heartbeat_interval is not None and heartbeat_interval < 1:
+            raise ValueError(f"hydra.sweeper.heartbeat_interval={heartbeat_interval}: must be >= 1 (seconds), "
+                             "or null for no heartbeats")
         self.max_trials = max_trials
+        self.heartbeat_interval = heartbeat_interval
         self.study_name = study_name
         self.storage = storage
         self.direction = direction
@@ -233,7 +243,8 @@ class KdsuiteOptunaSweeper(Sweeper):
             )
         identity = self._identity(fixed, space)
         study_name = self.study_name or identity.default_name
-        storage = open_storage(self.storage)
+        storage = open_storage(self.storage, self.heartbeat_interval,
+                               grace_period(self.heartbeat_interval) if self.heartbeat_interval else None)
         with self._study_lock(study_name):
             study = optuna.create_study(
                 study_name=study_name, storage=storage, sampler=TrialSeededSampler(self.sampler_spec),
@@ -250,15 +261,19 @@ class KdsuiteOptunaSweeper(Sweeper):
             exhausted = False
             while len(outcomes) < self.n_trials and not exhausted:
                 with self._study_lock(study_name):
+                    fail_stale_trials(study)  # a killed sweep's, before they are counted as taken
                     batch = min(self.n_jobs, self.n_trials - len(outcomes), self._room(study))
-                    pending = [study.ask(space) for _ in range(batch)]
+                    with warnings.catch_warnings():  # Optuna: heartbeats are "supposed to" go with optimize()
+                        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                        pending = [study.ask(space) for _ in range(batch)]
                 if not pending:
                     log.info("study %s holds max_trials=%d trials that did not fail: nothing to add",
                              study_name, self.max_trials)
                     break
                 jobs = [self._trial_overrides(fixed, t, study_name, parent_run_id) for t in pending]
                 self.validate_batch_is_legal(jobs)
-                returns = self._launch(jobs, [trial.number for trial in pending])
+                with TrialHeartbeats(storage, pending):
+                    returns = self._launch(jobs, [trial.number for trial in pending])
                 for trial, job in zip(list(pending), returns):
                     outcome, stop = self._tell(study, trial, job)
                     pending.remove(trial)
@@ -314,8 +329,8 @@ class KdsuiteOptunaSweeper(Sweeper):
                 message = f"returned {error!r}, not a number"
             outcome, told = TrialOutcome(trial.number, states.FAIL, error=message), {"state": states.FAIL}
             log.warning("trial %d failed: %s; the sweep goes on", trial.number, message)
-        try:
-            study.tell(trial, **told)
+        try:  # skip: a trial failed meanwhile as stale (its heartbeats could not be written) stays FAIL
+            study.tell(trial, **told, skip_if_finished=True)
         except RuntimeError as stop:
             if "Study.stop" not in str(stop):
                 raise

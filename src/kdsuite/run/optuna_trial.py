@@ -30,8 +30,10 @@ def trial_spec(cfg: DictConfig) -> dict | None:
     return {key: section.get(key) for key in TRIAL_KEYS}
 
 
-def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
-    """Optuna storage for an RDB URL (None: in memory).
+def open_storage(url: str | None, heartbeat_interval: int | None = None,
+                 grace_period: int | None = None) -> optuna.storages.BaseStorage | None:
+    """Optuna storage for an RDB URL (None: in memory), with Optuna's trial heartbeats when
+    `heartbeat_interval` is given (the sweeper's; a trial process needs none).
 
     A new SQLite file is created under a file lock beside it, so processes started together
     don't race on its schema; SQLite writers wait up to SQLITE_BUSY_TIMEOUT_S for each other.
@@ -40,4 +42,5 @@ def open_storage(url: str | None) -> optuna.storages.BaseStorage | None:
         return None
     engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if sqlite_path(url) else {}
     with sqlite_lock(url):
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                          grace_period=grace_period)
