@@ -2,30 +2,45 @@
 
 A sweep process that dies without warning (SIGKILL, a lost machine) cannot tell Optuna how its
 in-flight trials ended: they stay RUNNING, and `max_trials` counts them as held, so a re-run tops
-the study up short. While its trials run, the sweeper records an Optuna heartbeat for each of them
-every `heartbeat_interval` seconds (`TrialHeartbeats`, one thread); before asking for trials it
-fails the RUNNING trials whose heartbeat is older than GRACE_INTERVALS intervals
-(`fail_stale_trials`). A trial that never had a heartbeat (started by an older sweeper) is never
-taken for stale: it may be alive. Optuna keeps heartbeats for `Study.optimize`; the sweeper uses
-the same storage methods (`record_heartbeat`, `optuna.storages.fail_stale_trials`) around ask/tell.
+the study up short. From asking for its trials until it has told their results, the sweeper
+records an Optuna heartbeat for each of them every `heartbeat_interval` seconds
+(`TrialHeartbeats`, one thread); before asking for trials it fails the RUNNING trials whose
+heartbeat is older than GRACE_INTERVALS intervals (`StaleTrials`). Optuna keeps heartbeats for
+`Study.optimize`; the sweeper uses the same storage methods around ask/tell.
+
+Limits: a trial that never had a heartbeat (started before sweeps recorded them) is never taken
+for stale, since it may be alive. Staleness is judged with the interval of the sweep that checks,
+so every sweep working on one study should use the same `heartbeat_interval`. A re-run started
+within the grace period of a kill still counts the dead trials; run it again after that.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import warnings
+from contextlib import contextmanager
 
 import optuna
 
 log = logging.getLogger(__name__)
 
-# Silence for this many intervals makes a trial stale: room for a slow shared database, where a
-# heartbeat can wait SQLITE_BUSY_TIMEOUT_S for a writer.
+# Silence for this many intervals makes a trial stale. A heartbeat write that waits out a busy
+# SQLite database (SQLITE_BUSY_TIMEOUT_S, 60 s) uses up about two intervals of the default 30 s.
 GRACE_INTERVALS = 4
 
 
 def grace_period(heartbeat_interval: int) -> int:
     return GRACE_INTERVALS * heartbeat_interval
+
+
+@contextmanager
+def quiet_heartbeat_warnings():
+    """Optuna marks heartbeats experimental and says they are "supposed to" go with `optimize()`."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        yield
 
 
 class TrialHeartbeats:
@@ -64,16 +79,22 @@ class TrialHeartbeats:
                 log.warning("heartbeat of trial id %d not recorded: %s", trial_id, error)
 
 
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Fail the study's RUNNING trials whose heartbeat went silent; returns their numbers."""
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
-    if not running:
-        return []
-    optuna.storages.fail_stale_trials(study)
-    failed = sorted(t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
-                    if t.number in running)
-    if failed:
-        log.warning("study %s: trials %s were RUNNING with no heartbeat for over %d s (their sweep was "
-                    "killed?); marked FAIL so they are not counted as taken", study.study_name,
-                    ", ".join(map(str, failed)), grace_period(study._storage.get_heartbeat_interval()))
-    return failed
+class StaleTrials:
+    """Optuna's `heartbeat_stale_trial_callback` (it hears of exactly the trials it failed), and
+    `fail`, which fails a study's stale trials and logs which."""
+
+    def __init__(self):
+        self.numbers: list[int] = []
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.numbers.append(trial.number)
+
+    def fail(self, study: optuna.Study) -> list[int]:
+        with quiet_heartbeat_warnings():
+            optuna.storages.fail_stale_trials(study)
+        failed, self.numbers = sorted(self.numbers), []
+        if failed:
+            log.warning("study %s: trials %s were RUNNING with no heartbeat for over %d s (their sweep was "
+                        "killed?); marked FAIL so they are not counted as taken", study.study_name,
+                        ", ".join(map(str, failed)), grace_period(study._storage.get_heartbeat_interval()))
+        return failed

@@ -34,7 +34,6 @@ Optuna's plots, also written to the sweep folder.
 import logging
 import os
 import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,9 @@ from hydra.utils import instantiate
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from hydra_plugins.kdsuite_optuna_sweeper.heartbeat import TrialHeartbeats, fail_stale_trials, grace_period
+from hydra_plugins.kdsuite_optuna_sweeper.heartbeat import (
+    StaleTrials, TrialHeartbeats, grace_period, quiet_heartbeat_warnings,
+)
 from hydra_plugins.kdsuite_optuna_sweeper.sampling import TrialSeededSampler
 from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
 from hydra_plugins.kdsuite_optuna_sweeper.study_identity import StudyIdentity, identify
@@ -243,8 +244,10 @@ class KdsuiteOptunaSweeper(Sweeper):
             )
         identity = self._identity(fixed, space)
         study_name = self.study_name or identity.default_name
-        storage = open_storage(self.storage, self.heartbeat_interval,
-                               grace_period(self.heartbeat_interval) if self.heartbeat_interval else None)
+        stale = StaleTrials()
+        with quiet_heartbeat_warnings():
+            storage = open_storage(self.storage, self.heartbeat_interval,
+                                   grace_period(self.heartbeat_interval) if self.heartbeat_interval else None, stale)
         with self._study_lock(study_name):
             study = optuna.create_study(
                 study_name=study_name, storage=storage, sampler=TrialSeededSampler(self.sampler_spec),
@@ -261,10 +264,9 @@ class KdsuiteOptunaSweeper(Sweeper):
             exhausted = False
             while len(outcomes) < self.n_trials and not exhausted:
                 with self._study_lock(study_name):
-                    fail_stale_trials(study)  # a killed sweep's, before they are counted as taken
+                    stale.fail(study)  # a killed sweep's trials, before they are counted as taken
                     batch = min(self.n_jobs, self.n_trials - len(outcomes), self._room(study))
-                    with warnings.catch_warnings():  # Optuna: heartbeats are "supposed to" go with optimize()
-                        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+                    with quiet_heartbeat_warnings():
                         pending = [study.ask(space) for _ in range(batch)]
                 if not pending:
                     log.info("study %s holds max_trials=%d trials that did not fail: nothing to add",
@@ -272,14 +274,14 @@ class KdsuiteOptunaSweeper(Sweeper):
                     break
                 jobs = [self._trial_overrides(fixed, t, study_name, parent_run_id) for t in pending]
                 self.validate_batch_is_legal(jobs)
-                with TrialHeartbeats(storage, pending):
+                with TrialHeartbeats(storage, pending):  # alive until told, MLflow bookkeeping included
                     returns = self._launch(jobs, [trial.number for trial in pending])
-                for trial, job in zip(list(pending), returns):
-                    outcome, stop = self._tell(study, trial, job)
-                    pending.remove(trial)
-                    outcomes.append(outcome)
-                    exhausted |= stop
-                    self._record_trial(client, experiment_id, parent_run_id, trial, outcome)
+                    for trial, job in zip(list(pending), returns):
+                        outcome, stop = self._tell(study, trial, job)
+                        pending.remove(trial)
+                        outcomes.append(outcome)
+                        exhausted |= stop
+                        self._record_trial(client, experiment_id, parent_run_id, trial, outcome)
             self._report(study, client, experiment_id, parent_run_id)
         except BaseException as error:
             for trial in pending:  # not left RUNNING, where samplers would count them as taken
@@ -329,13 +331,17 @@ class KdsuiteOptunaSweeper(Sweeper):
                 message = f"returned {error!r}, not a number"
             outcome, told = TrialOutcome(trial.number, states.FAIL, error=message), {"state": states.FAIL}
             log.warning("trial %d failed: %s; the sweep goes on", trial.number, message)
-        try:  # skip: a trial failed meanwhile as stale (its heartbeats could not be written) stays FAIL
-            study.tell(trial, **told, skip_if_finished=True)
+        try:
+            stored = study.tell(trial, **told, skip_if_finished=True)
         except RuntimeError as stop:
             if "Study.stop" not in str(stop):
                 raise
             log.info("the sampler has tried its whole search space; the sweep stops")
             return outcome, True
+        if stored.state != outcome.state:  # failed meanwhile as stale: its heartbeats could not be written
+            log.warning("trial %d was already %s in the study (stale heartbeat); its %s result is not kept",
+                        trial.number, stored.state.name, outcome.state.name)
+            outcome = TrialOutcome(trial.number, stored.state, error=f"failed as stale before its result ({outcome.state.name}) was told")
         return outcome, False
 
     def _record_trial(self, client, experiment_id, parent_run_id, trial, outcome: TrialOutcome) -> None:

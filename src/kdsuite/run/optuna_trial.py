@@ -30,8 +30,8 @@ def trial_spec(cfg: DictConfig) -> dict | None:
     return {key: section.get(key) for key in TRIAL_KEYS}
 
 
-def open_storage(url: str | None, heartbeat_interval: int | None = None,
-                 grace_period: int | None = None) -> optuna.storages.BaseStorage | None:
+def open_storage(url: str | None, heartbeat_interval: int | None = None, grace_period: int | None = None,
+                 stale_trial_callback=None) -> optuna.storages.BaseStorage | None:
     """Optuna storage for an RDB URL (None: in memory), with Optuna's trial heartbeats when
     `heartbeat_interval` is given (the sweeper's; a trial process needs none).
 
@@ -43,4 +43,4 @@ def open_storage(url: str | None, heartbeat_interval: int | None = None,
     engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if sqlite_path(url) else {}
     with sqlite_lock(url):
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                          grace_period=grace_period)
+                                          grace_period=grace_period, heartbeat_stale_trial_callback=stale_trial_callback)
