@@ -6,8 +6,11 @@
 
 It runs nothing: the runs come from `experiments/glue_grid.sh` (Hydra multiruns, resumable) into
 the MLflow experiment named here; a run tagged `variant` (the ablation's fdd_traj, fdd_delta) is
-labelled by it. Every finished student run is appended to the CSV record (`--record`, committed),
-so the table survives without the MLflow database. Outputs: the Markdown table
+labelled by it. Every finished student run of a point the CSV record (`--record`, committed) does
+not hold yet is added to it, and the table is built from the record: the MLflow store of one
+session does not outlive its machine, the record does, so sessions add up. A run of a point that
+is already recorded (a re-run on a new store) is not added; it is printed beside the recorded
+value, which checks that a point reproduces. Outputs: the Markdown table
 (`results_table.build_table`) below the hand-written reading of `<table>.md`, a bar plot with
 error bars per student (PNG), both logged to an MLflow run with `role=comparison`.
 """
@@ -22,7 +25,7 @@ import mlflow
 
 from kdsuite.reports.markdown import write_results
 from kdsuite.reports.results_table import (
-    RunResult, append_csv, build_table, finished_runs, run_results, teacher_metrics,
+    RecordUpdate, RunResult, build_table, finished_runs, read_record, run_results, teacher_scores, update_record,
 )
 from kdsuite.tasks import get_task
 
@@ -73,8 +76,10 @@ def main() -> None:
 
     client = mlflow.MlflowClient(args.tracking_uri)
     runs = finished_runs(client, args.experiment)
-    results = [r for r in run_results(runs) if r.dataset in args.tasks and r.student in args.students]
-    append_csv(args.results / args.record, results)
+    record = args.results / args.record
+    report_update(update_record(record, in_scope(run_results(runs), args)), record)
+    results = in_scope(read_record(record), args)
+    teacher = teacher_scores(results)
     if args.seeds:
         results = [r for r in results if r.seed in args.seeds]
     names = {task: get_task(task).main_metric for task in args.tasks}
@@ -85,7 +90,7 @@ def main() -> None:
         if not own:
             continue
         for reference in args.references:
-            tables.append(build_table(own, teacher_metrics(runs), tasks, args.losses, names, reference))
+            tables.append(build_table(own, teacher, tasks, args.losses, names, reference))
         figure = args.results / f"{args.table}_{student}.png"
         plot(own, tasks, args.losses, student, figure)
         figures.append(figure)
@@ -99,6 +104,22 @@ def main() -> None:
         for figure in figures:
             client.log_artifact(run_id, str(figure))
     print(table)
+
+
+def in_scope(results: list[RunResult], args) -> list[RunResult]:
+    """The runs this table reports: its tasks, students and loss labels (a tuned variant, which
+    tuned.py reports per selection, is never recorded here)."""
+    return [r for r in results if r.dataset in args.tasks and r.student in args.students and r.loss in args.losses]
+
+
+def report_update(update: RecordUpdate, record: Path) -> None:
+    """What this call added to the record, and how each re-run of a recorded point compares."""
+    print(f"{record.name}: {len(update.added)} new point(s)")
+    for recorded, again in update.repeats:
+        dataset, student, loss, seed = recorded.point
+        verdict = "equal" if again.value == recorded.value else f"differs by {again.value - recorded.value:+.3g}"
+        print(f"re-run of {dataset} {student} {loss} seed {seed}: recorded {recorded.value:.10g} "
+              f"(run {recorded.run_id}), now {again.value:.10g} (run {again.run_id}): {verdict}")
 
 
 class _comparison_run:

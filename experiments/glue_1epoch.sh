@@ -9,12 +9,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export URI="${1:-sqlite:///mlflow.db}" EXPERIMENT=glue_1epoch SEEDS="${SEEDS:-1 2 3}"
+export RECORD=experiments/results/glue_1epoch_runs.csv  # this recipe's record (points it holds are not run again)
 export RECIPE="trainer.num_train_epochs=1 trainer.learning_rate=1e-4 trainer.bf16=false"
 status=0
 bash experiments/glue_grid.sh || status=1
 TASKS=rte,mrpc,stsb LOSSES=fdd EXTRA="loss.beta_delta=0" VARIANT=fdd_traj bash experiments/glue_grid.sh || status=1
 TASKS=rte,mrpc,stsb LOSSES=fdd EXTRA="loss.alpha_traj=0" VARIANT=fdd_delta bash experiments/glue_grid.sh || status=1
-table=(--tracking-uri "$URI" --experiment glue_1epoch --record glue_1epoch_runs.csv)
+table=(--tracking-uri "$URI" --experiment glue_1epoch --record "$(basename "$RECORD")")
 python experiments/compare_glue.py "${table[@]}" --table glue_1epoch || status=1
 python experiments/compare_glue.py "${table[@]}" --tasks rte mrpc stsb --losses kd fdd_traj fdd_delta fdd \
   --table ablation_1epoch || status=1

@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow
 
 from kdsuite.reports.markdown import loss_rank, write_results
-from kdsuite.reports.results_table import build_table, finished_runs, recipe_point, recipe_table, run_results, teacher_metrics
+from kdsuite.reports.results_table import build_table, finished_runs, recipe_point, recipe_table, run_results, teacher_scores
 from kdsuite.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,7 @@ def main() -> None:
                 tasks = [t for t in args.tasks if any(r.dataset == t for r in results)]
                 sections.append(f"At lr {lr:g}, {epochs} epochs, the final dev score, mean +- sd over seeds, "
                                 f"paired t-test against kd:\n\n"
-                                + build_table(results, teacher_metrics(same), tasks, losses, names))
+                                + build_table(results, teacher_scores(run_results(same)), tasks, losses, names))
     table = "\n".join(sections)
     write_results(args.results / "recipe.md", "\n" + table,
                   command="python experiments/student_recipe.py " + " ".join(sys.argv[1:]))

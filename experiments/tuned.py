@@ -25,7 +25,7 @@ from pathlib import Path
 import mlflow
 
 from kdsuite.reports.markdown import markdown_table, write_results
-from kdsuite.reports.results_table import build_table, finished_runs, run_results, teacher_metrics
+from kdsuite.reports.results_table import build_table, finished_runs, run_results, teacher_scores
 from kdsuite.reports.selection import newest_sweep_parent, selected_overrides, selection_id
 from kdsuite.tasks import get_task
 
@@ -87,13 +87,14 @@ def main() -> None:
     results = [r for r in run_results(runs)
                if r.dataset in args.tasks and r.student == args.student and r.seed in args.seeds]
     names = {task: get_task(task).main_metric for task in args.tasks}
+    teacher = teacher_scores(results)
     losses = ["kd", "kd_tuned", "fdd", "fdd_tuned", "codir", "codir_tuned"]
     body = (f"\nSelected on seed 1 (`sweep=<loss>_weights`, MLflow experiment `{args.sweep_experiment}`):\n\n"
             + selection_table(client, args.sweep_experiment, args.tasks, args.student)
             + f"\nSeeds {' '.join(map(str, args.seeds))}, paired t-test against kd at its defaults:\n\n"
-            + build_table(results, teacher_metrics(runs), args.tasks, losses, names, "kd")
+            + build_table(results, teacher, args.tasks, losses, names, "kd")
             + "\nThe same runs, against kd tuned the same way:\n\n"
-            + build_table(results, teacher_metrics(runs), args.tasks, losses, names, "kd_tuned"))
+            + build_table(results, teacher, args.tasks, losses, names, "kd_tuned"))
     write_results(args.results / "tuned.md", body, command="python experiments/tuned.py " + " ".join(sys.argv[1:]))
     print(body)
 

@@ -5,7 +5,9 @@
 #    topped up to that size on a re-run, hydra.sweeper.max_trials), JOBS at a time.
 # 2. The selected weights (the best trial) on seeds 2-5, into the GLUE experiment tagged
 #    variant=<loss>_tuned; the defaults of every loss on the same seeds come from the grid
-#    (experiments/glue.sh; run here too for these tasks if missing).
+#    (experiments/glue.sh; run here too for these tasks if missing from this MLflow store: the table
+#    is built from the store, and a selection's runs must never be taken for another's, so the
+#    grid's CSV record is not consulted here, RECORD=).
 # 3. The table: python experiments/tuned.py table.
 # Same pinned student recipe as experiments/glue.sh. Settings (environment): TASKS ("mrpc stsb"),
 # TRIALS (20), JOBS (2), STUDENT (bert2l), SEEDS (the report seeds, "2 3 4 5"), RESULTS (where
@@ -29,14 +31,14 @@ for task in $tasks; do
   done
 done
 for task in $tasks; do
-  SEEDS="$seeds" TASKS="$task" JOBS=$jobs EXPERIMENT=glue bash experiments/glue_grid.sh || status=1
+  SEEDS="$seeds" TASKS="$task" JOBS=$jobs EXPERIMENT=glue RECORD= bash experiments/glue_grid.sh || status=1
   for loss in kd fdd codir; do
     # the selected values, and a tag naming the selection (the table keeps only its runs)
     selected=$(python experiments/tuned.py selected --loss "$loss" --task "$task" --student "$STUDENT" \
       --tracking-uri "$URI") \
       || { status=1; continue; }
     SEEDS="$seeds" TASKS="$task" LOSSES="$loss" EXTRA="$selected" VARIANT="${loss}_tuned" JOBS=$jobs \
-      EXPERIMENT=glue bash experiments/glue_grid.sh || status=1
+      EXPERIMENT=glue RECORD= bash experiments/glue_grid.sh || status=1
   done
 done
 # shellcheck disable=SC2086

@@ -1,8 +1,14 @@
 """The GLUE grid's engine (`experiments/glue_grid.sh`): a Hydra multirun with `resume=true`, its
 runs spread over processes by `hydra/launcher=processes`. Re-running it trains only the points
-that did not finish: a finished point returns its recorded result and adds no MLflow run."""
+that did not finish: a finished point returns its recorded result and adds no MLflow run; a point
+in the grid's CSV record is not run at all."""
 
-from sweep_runs import mlflow_runs, sweep
+import subprocess
+import sys
+
+from conftest import REPO, TINY_RUN
+from kdsuite.reports.results_table import RunResult, read_record, update_record
+from sweep_runs import mlflow_runs, sweep, sweep_env
 
 GRID = ["resume=true", "teacher.outputs=cached", "seed=1", "hydra/launcher=processes", "hydra.launcher.n_jobs=2"]
 
@@ -23,3 +29,32 @@ def test_rerun_of_a_grid_trains_only_the_unfinished_points(tmp_path, glue_dir):
     assert runs["ce"].info.run_id == first.info.run_id
     assert runs["ce"].info.end_time == first.info.end_time
     assert runs["kd"].info.status == "FINISHED" and "final_metric" in runs["kd"].data.metrics
+
+
+def test_grid_script_trains_only_the_points_its_record_lacks(tmp_path, glue_dir):
+    """`experiments/glue_grid.sh` on a new store: the point an earlier session recorded (its store
+    gone) is not trained again; the one it lacks is, and compare_glue adds it to the record."""
+    (tmp_path / "experiments").mkdir()
+    for name in ("glue_grid.sh", "grid_points.py", "compare_glue.py"):
+        (tmp_path / "experiments" / name).symlink_to(REPO / "experiments" / name)
+    for name in ("run.py", "conf"):
+        (tmp_path / name).symlink_to(REPO / name)
+    record = tmp_path / "results" / "glue_runs.csv"
+    update_record(record, [RunResult("rte", "bert2l", "ce", 1, 0.5, "from-an-earlier-store")])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recipe = [o for o in TINY_RUN if not o.startswith(("student=", "dataset="))]
+    env = sweep_env(TASKS="rte", LOSSES="ce,kd", SEEDS="1", RECIPE=" ".join(recipe), RECORD=str(record),
+                    URI=uri, EXPERIMENT="kdsuite", GLUE_DIR=str(glue_dir), KDSUITE_CACHE=str(tmp_path / "cache"))
+    grid = subprocess.run(["bash", str(tmp_path / "experiments" / "glue_grid.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert grid.returncode == 0, (grid.stdout + grid.stderr)[-4000:]
+    [kd] = student_runs(tmp_path).values()  # ce was in the record: only kd trained
+    assert kd.data.tags["loss"] == "kd" and kd.info.status == "FINISHED"
+
+    table = subprocess.run([sys.executable, str(tmp_path / "experiments" / "compare_glue.py"), "--tracking-uri", uri, "--experiment", "kdsuite",
+                            "--tasks", "rte", "--losses", "ce", "kd", "--results", str(record.parent)],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert table.returncode == 0, table.stderr[-4000:]
+    assert [(r.loss, r.run_id) for r in read_record(record)] == [
+        ("ce", "from-an-earlier-store"), ("kd", kd.info.run_id)]
+    assert "| bert2l ce | 50.00 +- 0.00 (n=1) |" in (record.parent / "glue.md").read_text()

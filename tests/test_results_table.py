@@ -1,9 +1,11 @@
 """The GLUE table builder on a real (SQLite) MLflow store filled by the test: means, sds, the
-paired test against kd, the resume logic (causal_real.py) and the CSV record; and the committed GLUE and ablation
-tables rebuilt from the committed CSV record, byte for byte."""
+paired test against kd, the resume logic (causal_real.py) and the CSV record (one row per point,
+re-runs handed back, what a grid still lacks); and the committed GLUE and ablation tables rebuilt
+from the committed CSV record, byte for byte."""
 
 import csv
 import statistics
+import sys
 
 import mlflow
 import pytest
@@ -12,7 +14,8 @@ from scipy.stats import ttest_rel
 from conftest import REPO
 from kdsuite.reports.markdown import MARKER
 from kdsuite.reports.results_table import (
-    RunResult, append_csv, build_table, finished_runs, paired_test, pending, recipe_point, recipe_table, run_results,
+    RunResult, build_table, finished_runs, paired_test, pending, read_record, recipe_point, recipe_table, run_results,
+    teacher_scores, update_record,
 )
 from kdsuite.tasks import get_task
 
@@ -22,6 +25,8 @@ VALUES = {  # (task, loss) -> values for seeds 1, 2, 3
     ("rte", "kd"): [0.60, 0.62, 0.58], ("rte", "fdd"): [0.63, 0.66, 0.60],
     ("mrpc", "kd"): [0.80, 0.82, 0.81], ("mrpc", "fdd"): [0.81, 0.84, 0.81],
 }
+
+TEACHER = {"rte": 0.65, "mrpc": 0.86}
 
 
 @pytest.fixture
@@ -33,6 +38,7 @@ def store(tmp_path):
             run = client.create_run(experiment_id, tags={
                 "role": "student", "dataset": task, "student": "bert2l", "loss": loss, "seed": str(seed)})
             client.log_metric(run.info.run_id, "final_metric", value)
+            client.log_metric(run.info.run_id, f"teacher/{get_task(task).main_metric}", TEACHER[task])
             client.set_terminated(run.info.run_id)
     failed = client.create_run(experiment_id, tags={
         "role": "student", "dataset": "rte", "student": "bert2l", "loss": "ce", "seed": "1"})
@@ -85,20 +91,66 @@ def test_variant_tag_labels_an_ablation_run_apart_from_its_loss(store):
         ("rte", "bert2l", "fdd_traj", 2)]
 
 
-def read_record(path):
-    """The CSV record as results, read the way any CSV reader would."""
-    with open(path) as handle:
-        return [RunResult(row["dataset"], row["student"], row["loss"], int(row["seed"]), float(row["value"]),
-                          row["run_id"]) for row in csv.DictReader(handle)]
-
-
-def test_csv_record_appends_once_and_reads_back(store, tmp_path):
+def test_csv_record_holds_each_point_once_and_reads_back(store, tmp_path):
     results = run_results(finished(*store))
     path = tmp_path / "glue_runs.csv"
-    assert append_csv(path, results[:5]) == 5
-    assert append_csv(path, results) == 8  # only the new ones
-    assert append_csv(path, results) == 0
+    assert len(update_record(path, results[:5]).added) == 5
+    assert len(update_record(path, results).added) == 8  # only the new ones
+    assert update_record(path, results) == update_record(path, [])  # nothing new, no re-run
     assert sorted(read_record(path), key=lambda r: r.run_id) == sorted(results, key=lambda r: r.run_id)
+    assert teacher_scores(read_record(path)) == TEACHER
+    with open(path) as handle:  # what any CSV reader sees
+        assert next(csv.reader(handle)) == ["run_id", "dataset", "student", "loss", "seed", "value", "teacher"]
+
+
+def test_a_rerun_of_a_recorded_point_is_handed_back_not_added(store, tmp_path):
+    results = run_results(finished(*store))
+    path = tmp_path / "glue_runs.csv"
+    update_record(path, results)
+    first = next(r for r in results if r.point == ("rte", "bert2l", "kd", 1))
+    again = RunResult(*first.point, value=first.value + 0.01, run_id="another-store", teacher=first.teacher)
+    update = update_record(path, [again])
+    assert update.added == [] and update.repeats == [(first, again)]
+    assert [r.value for r in read_record(path) if r.point == first.point] == [first.value]
+
+
+def test_an_older_record_without_teacher_scores_gains_the_column(tmp_path):
+    path = tmp_path / "glue_runs.csv"
+    path.write_text("run_id,dataset,student,loss,seed,value\nold,rte,bert2l,kd,1,0.5\n")
+    new = RunResult("rte", "bert2l", "fdd", 1, 0.6, "new", teacher=0.65)
+    update_record(path, [new])
+    assert read_record(path) == [RunResult("rte", "bert2l", "kd", 1, 0.5, "old"), new]
+    assert teacher_scores(read_record(path)) == {"rte": 0.65}
+
+
+def test_runs_of_two_teachers_for_one_task_are_refused():
+    results = [RunResult("rte", "bert2l", "kd", 1, 0.5, "a", teacher=0.57),
+               RunResult("rte", "bert2l", "kd", 2, 0.5, "b", teacher=0.60)]
+    with pytest.raises(ValueError, match=r"different teachers: \{'rte': \[0.57, 0.6\]\}"):
+        teacher_scores(results)
+
+
+def test_the_grid_trains_only_the_points_the_record_lacks():
+    sys.path.insert(0, str(REPO / "experiments"))
+    from grid_points import missing_multiruns, task_names
+
+    names = task_names(["rte", "mrpc", "sst2_8k"])
+    assert names == {"rte": "rte", "mrpc": "mrpc", "sst2_8k": "sst2"}
+    record = [RunResult("rte", "bert2l", loss, 1, 0.5) for loss in ("ce", "kd")] + [
+        RunResult("sst2", "bert2l", loss, 1, 0.8) for loss in ("ce", "kd")] + [
+        RunResult("mrpc", "bert2l", "fdd_traj", 1, 0.7)]
+    datasets, losses = ["rte", "mrpc", "sst2_8k"], ["ce", "kd", "fdd"]
+    assert missing_multiruns(record, datasets, losses, 1, "bert2l", None, names) == [
+        "dataset=rte,sst2_8k loss=fdd", "dataset=mrpc loss=ce,kd,fdd"]
+    assert missing_multiruns(record, datasets, losses, 2, "bert2l", None, names) == [  # a new seed: one multirun
+        "dataset=rte,mrpc,sst2_8k loss=ce,kd,fdd"]
+    assert missing_multiruns(record, datasets, losses, 1, "bert4l", None, names) == [
+        "dataset=rte,mrpc,sst2_8k loss=ce,kd,fdd"]
+    assert missing_multiruns(record, ["rte", "mrpc"], ["fdd"], 1, "bert2l", "fdd_traj", names) == [
+        "dataset=rte loss=fdd"]  # a variant is recorded under its own label
+    full = record + [RunResult(d, "bert2l", "fdd", 1, 0.5) for d in ("rte", "sst2")] + [
+        RunResult("mrpc", "bert2l", loss, 1, 0.5) for loss in losses]
+    assert missing_multiruns(full, datasets, losses, 1, "bert2l", None, names) == []
 
 
 @pytest.mark.parametrize("name, record, tasks, losses", [

@@ -8,6 +8,13 @@ The paired test: for every (task, seed) present for both the loss and kd, the di
 main metric; a paired t-test (scipy.stats.ttest_rel) over those pairs, two-sided. Pairing across
 tasks and seeds gives the test its power (3 seeds alone cannot reach p < 0.25 with Wilcoxon);
 the per-task differences are in the table for anyone who wants them task by task.
+
+The CSV record (`update_record`, committed beside each table) holds one row per grid point
+(dataset, student, loss label, seed) with the run's main metric and its teacher's. An MLflow
+store does not outlive the machine it is on, the record does: tables are built from it, and a
+grid started on a new store trains only the points it lacks (`missing_points`). A later run of a
+point already recorded is not added; it is handed back beside the recorded row, a reproduction
+to compare.
 """
 
 from __future__ import annotations
@@ -31,6 +38,11 @@ class RunResult:
     seed: int
     value: float  # the task's main dev metric (final_metric), as a fraction
     run_id: str = ""
+    teacher: float | None = None  # the run's teacher on the same metric (None: not recorded)
+
+    @property
+    def point(self) -> tuple[str, str, str, int]:
+        return self.dataset, self.student, self.loss, self.seed
 
 
 def finished_runs(client, experiment: str) -> list:
@@ -56,45 +68,75 @@ def run_results(runs) -> list[RunResult]:
         if tags.get("role") != "student" or "final_metric" not in metrics:
             continue
         label = tags.get("variant") or tags["loss"]
+        teacher = metrics.get(f"teacher/{get_task(tags['dataset']).main_metric}")
         results.append(RunResult(tags["dataset"], tags["student"], label, int(tags["seed"]),
-                                 metrics["final_metric"], run.info.run_id))
+                                 metrics["final_metric"], run.info.run_id, teacher))
     return results
-
-
-def teacher_metrics(runs) -> dict[str, float]:
-    """Each task's fine-tuned teacher score, as the student runs recorded it (`teacher/<metric>`)."""
-    teacher = {}
-    for run in runs:
-        tags, metrics = run.data.tags, run.data.metrics
-        key = f"teacher/{get_task(tags['dataset']).main_metric}"
-        if key in metrics:
-            teacher[tags["dataset"]] = metrics[key]
-    return teacher
 
 
 def pending(grid: list[tuple[str, str, str, int]], done: list[RunResult]) -> list[tuple[str, str, str, int]]:
     """The (dataset, student, loss, seed) grid points without a finished run: what to resume."""
-    have = {(r.dataset, r.student, r.loss, r.seed) for r in done}
+    have = {r.point for r in done}
     return [point for point in grid if point not in have]
 
 
-CSV_FIELDS = ["run_id", "dataset", "student", "loss", "seed", "value"]
+def teacher_scores(results: list[RunResult]) -> dict[str, float]:
+    """Each task's teacher score as its runs recorded it. Every run of a task distils the same
+    cached teacher, so one task with two different scores means runs of different teachers were
+    pooled (a teacher recipe changed between sessions): refused, naming the task and the scores."""
+    scores: dict[str, set[float]] = {}
+    for r in results:
+        if r.teacher is not None:
+            scores.setdefault(r.dataset, set()).add(r.teacher)
+    mixed = {task: sorted(values) for task, values in scores.items() if len(values) > 1}
+    if mixed:
+        raise ValueError(f"runs of one task distilled different teachers: {mixed}; a record holds one "
+                         "recipe, so keep each teacher recipe's runs in a record of its own")
+    return {task: values.pop() for task, values in scores.items()}
 
 
-def append_csv(path: Path, results: list[RunResult]) -> int:
-    """Append the results whose run ids the CSV record does not hold yet; returns how many."""
-    known = set()
-    if path.exists():
-        with open(path) as handle:
-            known = {row["run_id"] for row in csv.DictReader(handle)}
-    new = [r for r in results if r.run_id not in known]
-    write_header = not path.exists()
-    with open(path, "a", newline="") as handle:
+CSV_FIELDS = ["run_id", "dataset", "student", "loss", "seed", "value", "teacher"]
+
+
+def read_record(path: Path) -> list[RunResult]:
+    """The CSV record's rows ([] when there is none); rows written before the record kept the
+    teacher's score have none."""
+    if not path.exists():
+        return []
+    with open(path) as handle:
+        return [RunResult(row["dataset"], row["student"], row["loss"], int(row["seed"]), float(row["value"]),
+                          row["run_id"], float(row["teacher"]) if row.get("teacher") else None)
+                for row in csv.DictReader(handle)]
+
+
+@dataclass(frozen=True)
+class RecordUpdate:
+    added: list[RunResult]  # points the record did not hold
+    repeats: list[tuple[RunResult, RunResult]]  # (recorded row, a later run of the same point)
+
+
+def update_record(path: Path, results: list[RunResult]) -> RecordUpdate:
+    """Add the results of points the record does not hold yet (one row per point, in run order
+    of arrival); a run of a recorded point comes back in `repeats` instead, unless it is the
+    recorded run itself. The file is rewritten whole, so an older header gains new columns."""
+    rows = read_record(path)
+    by_point = {r.point: r for r in rows}
+    added, repeats = [], []
+    for result in results:
+        recorded = by_point.get(result.point)
+        if recorded is None:
+            by_point[result.point] = result
+            added.append(result)
+        elif recorded.run_id != result.run_id:
+            repeats.append((recorded, result))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        if write_header:
-            writer.writeheader()
-        writer.writerows({field: getattr(r, field) for field in CSV_FIELDS} for r in new)
-    return len(new)
+        writer.writeheader()
+        for r in rows + added:
+            writer.writerow({**{field: getattr(r, field) for field in CSV_FIELDS},
+                             "teacher": "" if r.teacher is None else r.teacher})
+    return RecordUpdate(added, repeats)
 
 
 def cell_stats(values: list[float]) -> tuple[float, float]:
