@@ -5,6 +5,8 @@ import math
 
 import mlflow
 import pytest
+import torch
+import transformers
 
 from conftest import TINY_RUN
 from kdsuite.run import train
@@ -47,6 +49,7 @@ def test_kd_run_is_logged_and_teacher_is_cached(make_config):
         "kd", "bert2l", "tiny", "rte", "42"
     )
     assert tags["git_commit"] and tags["teacher_run_id"] == teacher.info.run_id
+    assert tags["environment"].startswith(f"torch {torch.__version__}, transformers {transformers.__version__}, ")
 
     for term in ("train/ce", "train/kd", "train/loss"):
         steps = [point.step for point in history(cfg, student, term)]

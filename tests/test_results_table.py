@@ -100,7 +100,8 @@ def test_csv_record_holds_each_point_once_and_reads_back(store, tmp_path):
     assert sorted(read_record(path), key=lambda r: r.run_id) == sorted(results, key=lambda r: r.run_id)
     assert teacher_scores(read_record(path)) == TEACHER
     with open(path) as handle:  # what any CSV reader sees
-        assert next(csv.reader(handle)) == ["run_id", "dataset", "student", "loss", "seed", "value", "teacher"]
+        assert next(csv.reader(handle)) == ["run_id", "dataset", "student", "loss", "seed", "value", "teacher",
+                                        "environment"]
 
 
 def test_a_rerun_of_a_recorded_point_is_handed_back_not_added(store, tmp_path):

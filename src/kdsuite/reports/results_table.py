@@ -10,7 +10,8 @@ tasks and seeds gives the test its power (3 seeds alone cannot reach p < 0.25 wi
 the per-task differences are in the table for anyone who wants them task by task.
 
 The CSV record (`update_record`, committed beside each table) holds one row per grid point
-(dataset, student, loss label, seed) with the run's main metric and its teacher's. An MLflow
+(dataset, student, loss label, seed) with the run's main metric, its teacher's and what it
+computed on (versions, device: a point run again elsewhere may differ in the last bits). An MLflow
 store does not outlive the machine it is on, the record does: tables are built from it, and a
 grid started on a new store trains only the points it lacks (`missing_points`). A later run of a
 point already recorded is not added; it is handed back beside the recorded row, a reproduction
@@ -39,6 +40,7 @@ class RunResult:
     value: float  # the task's main dev metric (final_metric), as a fraction
     run_id: str = ""
     teacher: float | None = None  # the run's teacher on the same metric (None: not recorded)
+    environment: str = ""  # versions and device the run computed on (its `environment` tag)
 
     @property
     def point(self) -> tuple[str, str, str, int]:
@@ -70,7 +72,7 @@ def run_results(runs) -> list[RunResult]:
         label = tags.get("variant") or tags["loss"]
         teacher = metrics.get(f"teacher/{get_task(tags['dataset']).main_metric}")
         results.append(RunResult(tags["dataset"], tags["student"], label, int(tags["seed"]),
-                                 metrics["final_metric"], run.info.run_id, teacher))
+                                 metrics["final_metric"], run.info.run_id, teacher, tags.get("environment", "")))
     return results
 
 
@@ -95,17 +97,18 @@ def teacher_scores(results: list[RunResult]) -> dict[str, float]:
     return {task: values.pop() for task, values in scores.items()}
 
 
-CSV_FIELDS = ["run_id", "dataset", "student", "loss", "seed", "value", "teacher"]
+CSV_FIELDS = ["run_id", "dataset", "student", "loss", "seed", "value", "teacher", "environment"]
 
 
 def read_record(path: Path) -> list[RunResult]:
     """The CSV record's rows ([] when there is none); rows written before the record kept the
-    teacher's score have none."""
+    teacher's score and the environment have none."""
     if not path.exists():
         return []
     with open(path) as handle:
         return [RunResult(row["dataset"], row["student"], row["loss"], int(row["seed"]), float(row["value"]),
-                          row["run_id"], float(row["teacher"]) if row.get("teacher") else None)
+                          row["run_id"], float(row["teacher"]) if row.get("teacher") else None,
+                          row.get("environment") or "")
                 for row in csv.DictReader(handle)]
 
 

@@ -10,6 +10,7 @@ others' calls do nothing), and student runs are tagged `world_size`.
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import traceback
 from contextlib import contextmanager
@@ -18,6 +19,8 @@ from typing import Iterator
 
 import mlflow
 import optuna
+import torch
+import transformers
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
@@ -77,6 +80,26 @@ def git_commit() -> str:
     return f"{commit}-dirty" if dirty else commit
 
 
+def environment() -> str:
+    """What computed the run, as far as its numbers depend on it: the torch and transformers
+    versions and the device (GPU name, else the CPU's model and torch's thread count). Two runs
+    of one config on different environments may differ in the last bits, and so in a metric."""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+                     platform.processor() or "cpu")
+        device = f"{model}, {torch.get_num_threads()} thread(s)"
+    return f"torch {torch.__version__}, transformers {transformers.__version__}, {device}"
+
+
+def _cpuinfo() -> list[str]:
+    try:
+        return Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return []
+
+
 def hydra_overrides() -> list[str] | None:
     """The command-line overrides of the Hydra job in progress, if any."""
     from hydra.core.hydra_config import HydraConfig
@@ -125,7 +148,7 @@ def tracked_run(
     nested = mlflow.active_run() is not None
     run = mlflow.start_run(
         run_id=resume_run_id, run_name=run_name, nested=nested, parent_run_id=parent_run_id,
-        tags={**tags, "git_commit": git_commit()},
+        tags={**tags, "git_commit": git_commit(), "environment": environment()},
     )
     try:
         if resume_run_id is not None:
