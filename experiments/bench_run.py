@@ -189,11 +189,10 @@ def main() -> None:
     print("\n".join(lines))
     if args.results:
         sys.path.insert(0, str(REPO / "experiments"))
-        from bench_step import write_section
-        import torch
+        from bench_step import device_label, write_section
 
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
-        write_section(args.results, f"{device}: a real run against its bench step (bench_run.py)", "\n".join(lines) + "\n")
+        write_section(args.results, f"{device_label()}: a real run against its bench step (bench_run.py)",
+                      "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -19,10 +19,13 @@ Cached rows read a store built over the bench's own batch (same shapes as timed)
 build cost on the task's real training set (seconds, MB) is measured separately and reported below
 the table. Steps are interleaved variant by variant so drift hits them all alike.
 
-On a GPU: peak allocated memory during the step, and achieved TFLOP/s and MFU (FLOPs of one step,
-student and teacher, counted by `torch.utils.flop_counter`, over the median time, against the
-device's dense bf16 peak). On CPU: each variant runs alone in a fresh process (`--memory-of`) and
-its peak RSS over a few steps minus the RSS before them is reported.
+Achieved TFLOP/s: FLOPs of one step, student and teacher, counted by `torch.utils.flop_counter`,
+over the median time; on a GPU also the MFU against the device's dense bf16 peak (none is known
+for a CPU). Memory on a GPU: peak allocated during the step; on CPU: each variant runs alone in a
+fresh process (`--memory-of`) and its peak RSS over a few steps minus the RSS before them.
+
+On a CPU the trainers keep freed memory in the process's heap (`kdsuite.host_memory`), as every
+CPU run does; `--malloc glibc` times glibc's defaults instead (its own section).
 
 `--results experiments/results/bench.md` writes the table there as a section named by device
 and setting (a section with the same name is replaced, others are kept).
@@ -50,6 +53,7 @@ from kdsuite.reports.markdown import markdown_table
 from kdsuite.run import teacher_outputs
 from kdsuite.run.assembly import build_run, build_student, build_trainer
 from kdsuite.run.teacher_cache import FineTunedTeacher
+from kdsuite.run.tracking import cpu_model
 from kdsuite.trainer import model_inputs, resolve_bf16
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -203,6 +207,14 @@ def build_costs(args) -> list[list[str]]:
     return rows
 
 
+def device_label() -> str:
+    """What a results section is named by: the GPU, or the CPU's model and torch's thread count
+    (two CPUs give two sections: their numbers differ by far more than noise)."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"CPU ({cpu_model()}, {torch.get_num_threads()} threads)"
+
+
 def device_peak_tflops(name: str) -> float | None:
     return next((peak for key, peak in BF16_PEAK_TFLOPS.items() if key in name), None)
 
@@ -220,10 +232,15 @@ def main() -> None:
     parser.add_argument("--random-weights", action="store_true")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--no-build-cost", action="store_true", help="skip timing the stores' one-time build")
+    parser.add_argument("--malloc", choices=["kept", "glibc"], default="kept",
+                        help="kept: freed memory stays in the heap, as in every CPU run (kdsuite.host_memory); "
+                             "glibc: glibc's defaults, to compare")
     parser.add_argument("--out", type=Path, default=Path("/tmp/kdsuite-bench"))
     parser.add_argument("--results", type=Path, help="Markdown file to write the table into (a section)")
     parser.add_argument("--memory-of", choices=list(VARIANTS), help=argparse.SUPPRESS)  # internal: CPU peak
     args = parser.parse_args()
+    if args.malloc == "glibc":
+        os.environ["KDSUITE_MALLOC"] = "glibc"  # read by the trainers, inherited by --memory-of processes
     if args.memory_of:
         print(json.dumps({"peak_mib": round(cpu_peak_memory(args, args.memory_of), 1)}))
         return
@@ -257,28 +274,26 @@ def main() -> None:
     median = {label: statistics.median(values) for label, values in times.items()}
     ideal = median["ce"] + median["teacher_fwd"]
     bf16 = resolve_bf16("auto")
+    flops = {label: step_flops(fn) for label, fn in steps.items()}
+    device_name = device_label()
     if device.type == "cuda":
-        device_name = torch.cuda.get_device_name()
-        flops = {label: step_flops(fn) for label, fn in steps.items()}
         peak = device_peak_tflops(device_name)
     else:
         del prepared, steps
-        device_name = f"CPU ({torch.get_num_threads()} threads)"
         peaks = cpu_peaks(args, [label for label in labels])
-        flops, peak = {}, None
+        peak = None
     title = f"{device_name}: {args.teacher} -> {args.student}, batch {args.batch}, length {args.seq_len}, bf16 {bf16}"
+    if device.type == "cpu" and args.malloc == "glibc":
+        title += ", glibc malloc defaults"
     peak_kind = "peak allocated during the step" if device.type == "cuda" else "peak RSS of the variant alone, above its start"
     header = ["loss", "median step (ms)", "x ce", "x ideal (ce + teacher fwd)", f"memory (MiB, {peak_kind})"]
-    if flops:
-        header += ["TFLOP/s", f"MFU (bf16 peak {peak or 'unknown'} TFLOP/s)"]
+    header += ["TFLOP/s", f"MFU (bf16 peak {peak or 'unknown'} TFLOP/s)"]
 
     def row(label, name=None):
         cells = [name or label, f"{median[label] * 1000:.1f}", f"{median[label] / median['ce']:.2f}",
                  f"{median[label] / ideal:.2f}", f"{peaks[label]:.0f}" if label in peaks else ""]
-        if flops:
-            achieved = flops[label] / median[label] / 1e12
-            cells += [f"{achieved:.1f}", f"{achieved / peak:.1%}" if peak else ""]
-        return cells
+        achieved = flops[label] / median[label] / 1e12
+        return cells + [f"{achieved:.3g}", f"{achieved / peak:.1%}" if peak else ""]
 
     rows = [row(label) for label in labels]
     rows.append(row("teacher_fwd", "teacher forward alone"))

@@ -35,7 +35,7 @@ def test_grid_script_trains_only_the_points_its_record_lacks(tmp_path, glue_dir)
     """`experiments/glue_grid.sh` on a new store: the point an earlier session recorded (its store
     gone) is not trained again; the one it lacks is, and compare_glue adds it to the record."""
     (tmp_path / "experiments").mkdir()
-    for name in ("glue_grid.sh", "grid_points.py", "compare_glue.py"):
+    for name in ("glue_grid.sh", "grid_points.py", "compare_glue.py", "check_bf16.py"):
         (tmp_path / "experiments" / name).symlink_to(REPO / "experiments" / name)
     for name in ("run.py", "conf"):
         (tmp_path / name).symlink_to(REPO / name)
@@ -58,3 +58,17 @@ def test_grid_script_trains_only_the_points_its_record_lacks(tmp_path, glue_dir)
     assert [(r.loss, r.run_id) for r in read_record(record)] == [
         ("ce", "from-an-earlier-store"), ("kd", kd.info.run_id)]
     assert "| bert2l ce | 50.00 +- 0.00 (n=1) |" in (record.parent / "glue.md").read_text()
+
+
+def test_grid_scripts_stop_before_training_where_bf16_would_be_emulated():
+    """`check_bf16.py`, which glue_grid.sh, tuned.sh and recipe.sh run first: a recipe pinning
+    bf16 stops them on a machine with no GPU and no native CPU bf16 (the last setting wins)."""
+    sys.path.insert(0, str(REPO / "experiments"))
+    from check_bf16 import emulated_bf16
+
+    recipe = ["trainer.num_train_epochs=3", "trainer.bf16=true"]
+    assert emulated_bf16(recipe, has_gpu=False, native_cpu_bf16=False)
+    assert not emulated_bf16(recipe, has_gpu=True, native_cpu_bf16=False)
+    assert not emulated_bf16(recipe, has_gpu=False, native_cpu_bf16=True)
+    assert not emulated_bf16([*recipe, "trainer.bf16=false"], has_gpu=False, native_cpu_bf16=False)
+    assert not emulated_bf16(["trainer.num_train_epochs=3"], has_gpu=False, native_cpu_bf16=False)

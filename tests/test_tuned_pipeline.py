@@ -20,7 +20,7 @@ def test_tuned_pipeline_sweeps_selects_reports_and_builds_its_table(tmp_path, gl
     # tuned.sh works from the folder above its own; give it one of its own here, so its outputs/,
     # multirun/ and optuna.db stay out of the checkout
     (tmp_path / "experiments").mkdir()
-    for name in ("tuned.sh", "tuned.py", "glue_grid.sh", "grid_points.py"):
+    for name in ("tuned.sh", "tuned.py", "glue_grid.sh", "grid_points.py", "check_bf16.py"):
         (tmp_path / "experiments" / name).symlink_to(REPO / "experiments" / name)
     for name in ("run.py", "conf"):
         (tmp_path / name).symlink_to(REPO / name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import math
 import os
 import shutil
@@ -22,11 +23,14 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from kdsuite.distributed import all_reduce_sum, cpu_only_launch
+from kdsuite.host_memory import keep_freed_memory_in_heap
 from kdsuite.losses.base import DistillationLoss
 from kdsuite.signals import deferred_signals
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
 STAGING_DIR = ".saving"  # checkpoints are written here, then renamed into place
+
+log = logging.getLogger(__name__)
 
 
 def model_inputs(batch: dict) -> dict:
@@ -95,6 +99,8 @@ class DistillationTrainer(Trainer):
         # Trainer is set up from its own arguments; the process group (PartialState) is kept.
         AcceleratorState._reset_state(reset_partial_state=False)
         super().__init__(*args, **kwargs)
+        if self.args.device.type == "cpu":  # each step would otherwise fault in its memory anew
+            keep_freed_memory_in_heap()
         if distillation_loss.needs_teacher and teacher is None and teacher_outputs is None:
             raise ValueError(f"loss {distillation_loss.name!r} needs a teacher, none was given")
         self.distillation_loss = distillation_loss
@@ -224,6 +230,28 @@ def resolve_bf16(value) -> bool:
     return bool(value)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16/AMX on x86, the BF16
+    extension on Arm), as oneDNN, which runs CPU autocast's bf16 kernels, reports it."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN: no fast bf16 kernels
+        return False
+
+
+def warn_if_emulated_bf16(section: str) -> None:
+    """bf16 on a CPU without native bf16 is emulated: a bert2l step ran 18x slower than in fp32
+    on an AVX2 CPU (`experiments/bench_cpu_bf16.py`, results/bench.md), so say it before the work
+    starts rather than let a run take hours. A warning, not an error: the precision is a valid
+    choice (the GLUE grid pins bf16 so that CPU runs compute what GPU runs compute)."""
+    if not cpu_has_native_bf16():
+        log.warning(
+            "%s.bf16=true on a CPU without native bf16 (%s): autocast emulates it there, many times "
+            "slower than fp32 (a bert2l step 18x on an AVX2 CPU); set %s.bf16=false (or auto) unless "
+            "bf16 numerics are what you want", section, torch.backends.cpu.get_cpu_capability(), section,
+        )
+
+
 def training_arguments(settings: dict, output_dir: str, seed: int, section: str = "trainer") -> TrainingArguments:
     """`TrainingArguments` from a `trainer`/`teacher.finetune` config section (named by `section`
     in errors).
@@ -242,6 +270,8 @@ def training_arguments(settings: dict, output_dir: str, seed: int, section: str 
     settings.setdefault("dataloader_pin_memory", torch.cuda.is_available())
     settings.setdefault("ddp_find_unused_parameters", False)
     settings.setdefault("use_cpu", cpu_only_launch() or (settings["bf16"] and not torch.cuda.is_available()))
+    if settings["bf16"] and (settings["use_cpu"] or not torch.cuda.is_available()):
+        warn_if_emulated_bf16(section)
     known = {field.name for field in dataclasses.fields(TrainingArguments) if field.init}
     unknown = sorted(set(settings) - known)
     if unknown:

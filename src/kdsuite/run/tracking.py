@@ -87,10 +87,14 @@ def environment() -> str:
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
-        model = next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
-                     platform.processor() or "cpu")
-        device = f"{model}, {torch.get_num_threads()} thread(s)"
+        device = f"{cpu_model()}, {torch.get_num_threads()} thread(s)"
     return f"torch {torch.__version__}, transformers {transformers.__version__}, {device}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (`/proc/cpuinfo`; the platform's processor string elsewhere)."""
+    return next((line.split(":", 1)[1].strip() for line in _cpuinfo() if line.startswith("model name")),
+                platform.processor() or "cpu")
 
 
 def _cpuinfo() -> list[str]:
