@@ -20,6 +20,7 @@ from kdsuite.reports.results_table import (
 from kdsuite.tasks import get_task
 
 RESULTS = REPO / "experiments" / "results"
+GLUE_TASKS = ["rte", "mrpc", "stsb", "cola", "sst2"]
 
 VALUES = {  # (task, loss) -> values for seeds 1, 2, 3
     ("rte", "kd"): [0.60, 0.62, 0.58], ("rte", "fdd"): [0.63, 0.66, 0.60],
@@ -154,19 +155,25 @@ def test_the_grid_trains_only_the_points_the_record_lacks():
     assert missing_multiruns(full, datasets, losses, 1, "bert2l", None, names) == []
 
 
-@pytest.mark.parametrize("name, record, tasks, losses", [
-    ("glue_1epoch", "glue_1epoch_runs.csv", ["rte", "mrpc", "stsb", "cola", "sst2"], ["ce", "kd", "fdd", "codir"]),
-    ("ablation_1epoch", "glue_1epoch_runs.csv", ["rte", "mrpc", "stsb"], ["kd", "fdd_traj", "fdd_delta", "fdd"]),
-    ("glue", "glue_runs.csv", ["rte", "mrpc", "stsb", "cola", "sst2"], ["ce", "kd", "fdd", "codir"]),
+@pytest.mark.parametrize("name, record, student, tasks, losses", [
+    ("glue_1epoch", "glue_1epoch_runs.csv", "bert2l", GLUE_TASKS, ["ce", "kd", "fdd", "codir"]),
+    ("ablation_1epoch", "glue_1epoch_runs.csv", "bert2l", ["rte", "mrpc", "stsb"], ["kd", "fdd_traj", "fdd_delta", "fdd"]),
+    ("glue", "glue_runs.csv", "bert2l", GLUE_TASKS, ["ce", "kd", "fdd", "codir"]),
+    ("glue", "glue_runs.csv", "bert4l", ["rte", "mrpc", "stsb"], ["ce", "kd", "fdd", "codir"]),
+    ("ablation", "glue_runs.csv", "bert2l", ["rte", "mrpc", "stsb"], ["kd", "fdd_traj", "fdd_delta", "fdd"]),
 ])
-def test_committed_table_is_rebuilt_from_the_committed_record(name, record, tasks, losses):
-    """What `compare_glue.py` writes below the marker, from glue_runs.csv instead of
-    MLflow: the same text as the committed file (the record holds no teacher runs, so the
-    teacher's scores are read off the committed teacher row)."""
-    committed = (RESULTS / f"{name}.md").read_text().split(MARKER + "\n\n")[1].split("\n\n")[0] + "\n"
-    teacher_cells = committed.splitlines()[2].split(" | ")[1:1 + len(tasks)]
-    teacher = {task: float(cell) / 100 for task, cell in zip(tasks, teacher_cells)}
-    results = [r for r in read_record(RESULTS / record) if r.dataset in tasks and r.student == "bert2l"]
+def test_committed_table_is_rebuilt_from_the_committed_record(name, record, student, tasks, losses):
+    """What `compare_glue.py` writes below the marker for one student, from the CSV record instead
+    of MLflow: the same text as the committed file. The teacher's scores come from the record; a
+    record written before it kept them (the 1-epoch one) has none, and then they are read off the
+    committed teacher row."""
+    tables = (RESULTS / f"{name}.md").read_text().split(MARKER + "\n\n")[1].split("\n\n")
+    committed = next(table for table in tables if f"\n| {student} " in table) + "\n"
+    results = [r for r in read_record(RESULTS / record) if r.dataset in tasks and r.student == student]
+    teacher = teacher_scores(results)
+    if not teacher:
+        cells = committed.splitlines()[2].split(" | ")[1:1 + len(tasks)]
+        teacher = {task: float(cell) / 100 for task, cell in zip(tasks, cells)}
     names = {task: get_task(task).main_metric for task in tasks}
     assert build_table(results, teacher, tasks, losses, names) == committed
 
