@@ -117,8 +117,9 @@ def build_run(cfg: DictConfig) -> Run:
     resume_from = checkpoint_to_resume(cfg, out_dir)
     student_args = training_arguments(as_settings(cfg.trainer), str(trainer_dir(out_dir)), cfg.seed,
                                       section="trainer")
+    teacher_section = "teacher.finetune" if cfg.teacher.get("finetune") is not None else "trainer"  # whose keys they are
     teacher_args = training_arguments(teacher_settings(cfg), str(out_dir / "teacher"), cfg.seed,
-                                      section="teacher.finetune")
+                                      section=teacher_section)
     teacher_arch = models.teacher_architecture(cfg.teacher, task)
     tokenizer = load_tokenizer(cfg, task, teacher_arch)
     student_arch = resolve_student_architecture(cfg, teacher_arch)
