@@ -11,6 +11,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export URI="${1:-sqlite:///mlflow.db}" EXPERIMENT=glue
 export RECIPE="trainer.num_train_epochs=3 trainer.learning_rate=3e-4 trainer.bf16=true"
+# shellcheck disable=SC2086  # RECIPE is a list of overrides
+python experiments/check_bf16.py $RECIPE || exit $?  # bf16 emulated on this CPU: days, not hours
 seeds="${SEEDS:-1 2 3 4 5}"
 status=0  # a failed run is reported at the end (and retried by a re-run); the rest goes on
 SEEDS="$seeds" bash experiments/glue_grid.sh || status=1

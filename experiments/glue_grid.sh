@@ -17,7 +17,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck disable=SC2086  # RECIPE and EXTRA are lists of overrides
-python experiments/check_bf16.py ${RECIPE:-} ${EXTRA:-} || exit 2  # bf16 emulated on this CPU: days, not hours
+python experiments/check_bf16.py ${RECIPE:-} ${EXTRA:-} || exit $?  # bf16 emulated on this CPU: days, not hours
 jobs=${JOBS:-2}
 cores=$(nproc)
 threads=$(( cores / jobs > 0 ? cores / jobs : 1 ))

@@ -15,7 +15,7 @@ threads=$(( $(nproc) / jobs > 0 ? $(nproc) / jobs : 1 ))
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$threads} MKL_NUM_THREADS=${MKL_NUM_THREADS:-$threads}
 uri=${URI:-sqlite:///mlflow.db}
 # shellcheck disable=SC2086  # EXTRA is a list of overrides
-python experiments/check_bf16.py "trainer.bf16=${BF16:-true}" ${EXTRA:-} || exit 2  # bf16 emulated on this CPU
+python experiments/check_bf16.py "trainer.bf16=${BF16:-true}" ${EXTRA:-} || exit $?  # bf16 emulated on this CPU
 # shellcheck disable=SC2086  # EXTRA is a list of overrides
 python run.py -m "student=${STUDENTS:-bert2l,bert4l}" "dataset=${TASKS:-stsb,mrpc,cola}" \
   "trainer.learning_rate=${LRS:-1e-4,3e-4,1e-3}" "trainer.num_train_epochs=${EPOCHS:-3}" \

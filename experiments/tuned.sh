@@ -19,7 +19,7 @@ export URI="${1:-sqlite:///mlflow.db}"
 export RECIPE="${RECIPE:-trainer.num_train_epochs=3 trainer.learning_rate=3e-4 trainer.bf16=true}"
 export STUDENT="${STUDENT:-bert2l}"
 # shellcheck disable=SC2086  # RECIPE is a list of overrides
-python experiments/check_bf16.py $RECIPE || exit 2  # bf16 emulated on this CPU: days, not hours
+python experiments/check_bf16.py $RECIPE || exit $?  # bf16 emulated on this CPU: days, not hours
 tasks="${TASKS:-mrpc stsb}"
 seeds="${SEEDS:-2 3 4 5}"
 jobs=${JOBS:-2}

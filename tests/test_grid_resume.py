@@ -6,6 +6,8 @@ in the grid's CSV record is not run at all."""
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO, TINY_RUN
 from kdsuite.reports.results_table import RunResult, read_record, update_record
 from sweep_runs import mlflow_runs, sweep, sweep_env
@@ -60,15 +62,31 @@ def test_grid_script_trains_only_the_points_its_record_lacks(tmp_path, glue_dir)
     assert "| bert2l ce | 50.00 +- 0.00 (n=1) |" in (record.parent / "glue.md").read_text()
 
 
-def test_grid_scripts_stop_before_training_where_bf16_would_be_emulated():
-    """`check_bf16.py`, which glue_grid.sh, tuned.sh and recipe.sh run first: a recipe pinning
-    bf16 stops them on a machine with no GPU and no native CPU bf16 (the last setting wins)."""
+def test_grid_scripts_stop_before_training_where_bf16_would_be_emulated(monkeypatch, capsys):
+    """`check_bf16.py`, which glue.sh, glue_grid.sh, tuned.sh and recipe.sh run first: a recipe
+    pinning bf16 stops them (exit 2, naming the setting) on a machine with no GPU and no oneDNN
+    bf16 kernels; the last setting wins; ALLOW_EMULATED_BF16=1 lets them go on."""
     sys.path.insert(0, str(REPO / "experiments"))
-    from check_bf16 import emulated_bf16
+    import check_bf16
+    import torch
+
+    import kdsuite.trainer
 
     recipe = ["trainer.num_train_epochs=3", "trainer.bf16=true"]
-    assert emulated_bf16(recipe, has_gpu=False, native_cpu_bf16=False)
-    assert not emulated_bf16(recipe, has_gpu=True, native_cpu_bf16=False)
-    assert not emulated_bf16(recipe, has_gpu=False, native_cpu_bf16=True)
-    assert not emulated_bf16([*recipe, "trainer.bf16=false"], has_gpu=False, native_cpu_bf16=False)
-    assert not emulated_bf16(["trainer.num_train_epochs=3"], has_gpu=False, native_cpu_bf16=False)
+    assert check_bf16.emulated_bf16(recipe, has_gpu=False, cpu_bf16_kernels=False)
+    assert check_bf16.emulated_bf16(["++trainer.bf16=True"], has_gpu=False, cpu_bf16_kernels=False)
+    assert not check_bf16.emulated_bf16(recipe, has_gpu=True, cpu_bf16_kernels=False)
+    assert not check_bf16.emulated_bf16(recipe, has_gpu=False, cpu_bf16_kernels=True)
+    assert not check_bf16.emulated_bf16([*recipe, "trainer.bf16=false"], has_gpu=False, cpu_bf16_kernels=False)
+    assert not check_bf16.emulated_bf16(["trainer.num_train_epochs=3"], has_gpu=False, cpu_bf16_kernels=False)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(kdsuite.trainer, "cpu_has_bf16_kernels", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["check_bf16.py", *recipe])
+    monkeypatch.delenv("ALLOW_EMULATED_BF16", raising=False)
+    with pytest.raises(SystemExit) as stopped:
+        check_bf16.main()
+    assert stopped.value.code == 2 and "trainer.bf16=true" in capsys.readouterr().err
+    monkeypatch.setenv("ALLOW_EMULATED_BF16", "1")
+    check_bf16.main()  # goes on, with a warning
+    assert "running anyway" in capsys.readouterr().err

@@ -137,14 +137,14 @@ def test_bf16_student_after_an_fp32_teacher_fine_tune_in_one_process(make_config
 
 
 @pytest.mark.parametrize("native, bf16, warned", [(False, True, True), (True, True, False), (False, False, False)])
-def test_bf16_on_a_cpu_without_native_bf16_is_warned_before_training(tmp_path, monkeypatch, caplog,
+def test_bf16_on_a_cpu_without_bf16_kernels_is_warned_before_training(tmp_path, monkeypatch, caplog,
                                                                      native, bf16, warned):
-    """CPU autocast emulates bf16 where the CPU has no bf16 instructions, many times slower than
-    fp32 (results/bench.md): the arguments say so, naming the section, before any work; fp32 and
-    native bf16 say nothing."""
+    """CPU autocast emulates bf16 where oneDNN has no bf16 kernels for the CPU, many times slower
+    than fp32 (results/bench.md): the arguments say so, naming the section, before any work; fp32,
+    and bf16 where the kernels exist, say nothing."""
     import kdsuite.trainer as trainer_module
 
-    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16_kernels", lambda: native)
     with caplog.at_level("WARNING", logger="kdsuite.trainer"):
         training_arguments({"bf16": bf16, "use_cpu": True, "max_steps": 1}, str(tmp_path), seed=0,
                            section="teacher.finetune")

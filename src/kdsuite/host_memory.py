@@ -4,11 +4,11 @@ A training step allocates and frees the same activations, gradients and teacher 
 step. glibc's malloc serves a block above its mmap threshold (128 KiB, raised on the fly up to
 32 MiB) with fresh pages from the kernel and unmaps it on free, and it returns the heap's free top
 to the kernel beyond its trim threshold; so every step faults in, and the kernel zeroes, hundreds
-of MiB anew. On a 2-core AMD EPYC, keeping them made a bert2l ce step 1.13-1.24x and live
-distillation steps 1.14-1.43x faster (benches run back to back), and live kd, fdd and codir steps
-0.98-0.99x their ideal where glibc's defaults gave 1.04-1.13x (`experiments/results/bench.md`). It is what
-`MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=...` in the environment does, done from
-inside the process, so `run.py`, the benches and the tests get it without a launcher. The price:
+of MiB anew. On a 2-core AMD EPYC, keeping them made a bert2l ce step 1.13x and live
+distillation steps 1.14-1.15x faster (two benches run back to back), and live kd, fdd and codir
+steps 0.98-0.99x their ideal where glibc's defaults gave 1.04-1.13x (`experiments/results/bench.md`).
+It is what `MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=...` in the environment does,
+done from inside the process, so `run.py`, the benches and the tests get it without a launcher. The price:
 the process's resident memory stays at its peak (a training step comes back to that peak anyway).
 
 Only glibc has these settings: elsewhere (macOS, musl) this does nothing; a user who set either

@@ -230,9 +230,10 @@ def resolve_bf16(value) -> bool:
     return bool(value)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16/AMX on x86, the BF16
-    extension on Arm), as oneDNN, which runs CPU autocast's bf16 kernels, reports it."""
+def cpu_has_bf16_kernels() -> bool:
+    """Whether oneDNN, which runs CPU autocast's bf16 matrix products, has bf16 kernels for this
+    CPU: on x86 from AVX-512 on (native with AVX512-BF16 or AMX, converting on older AVX-512), on
+    Arm with the BF16 extension. Without them (AVX2 only) autocast's bf16 is emulated."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch built without oneDNN: no fast bf16 kernels
@@ -240,14 +241,14 @@ def cpu_has_native_bf16() -> bool:
 
 
 def warn_if_emulated_bf16(section: str) -> None:
-    """bf16 on a CPU without native bf16 is emulated: a bert2l step ran 18x slower than in fp32
+    """bf16 on a CPU without bf16 kernels is emulated: a bert2l step ran 22x slower than in fp32
     on an AVX2 CPU (`experiments/bench_cpu_bf16.py`, results/bench.md), so say it before the work
     starts rather than let a run take hours. A warning, not an error: the precision is a valid
     choice (the GLUE grid pins bf16 so that CPU runs compute what GPU runs compute)."""
-    if not cpu_has_native_bf16():
+    if not cpu_has_bf16_kernels():
         log.warning(
-            "%s.bf16=true on a CPU without native bf16 (%s): autocast emulates it there, many times "
-            "slower than fp32 (a bert2l step 18x on an AVX2 CPU); set %s.bf16=false (or auto) unless "
+            "%s.bf16=true on a CPU without bf16 kernels (%s): autocast emulates it there, many times "
+            "slower than fp32 (a bert2l step 22x on an AVX2 CPU); set %s.bf16=false (or auto) unless "
             "bf16 numerics are what you want", section, torch.backends.cpu.get_cpu_capability(), section,
         )
 
