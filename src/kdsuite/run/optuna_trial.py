@@ -7,7 +7,7 @@ from __future__ import annotations
 import optuna
 from omegaconf import DictConfig
 
-from kdsuite.run.store_lock import sqlite_lock, sqlite_path
+from kdsuite.run.store_lock import database_lock, sqlite_path
 
 SECTION = "optuna"
 # The keys of `optuna:` in conf/config.yaml, in the order the sweeper sets them.
@@ -35,12 +35,14 @@ def open_storage(url: str | None, heartbeat_interval: int | None = None, grace_p
     """Optuna storage for an RDB URL (None: in memory), with Optuna's trial heartbeats when
     `heartbeat_interval` is given (the sweeper's; a trial process needs none).
 
-    A new SQLite file is created under a file lock beside it, so processes started together
-    don't race on its schema; SQLite writers wait up to SQLITE_BUSY_TIMEOUT_S for each other.
+    The storage is opened, and on a new database its schema created, under the database's lock (a
+    file lock beside SQLite, an advisory lock on PostgreSQL/MySQL), so processes started together
+    don't race on the schema (two workers on a new PostgreSQL database both ran `CREATE TYPE
+    studydirection`, and one failed); SQLite writers wait up to SQLITE_BUSY_TIMEOUT_S for each other.
     """
     if url is None:
         return None
     engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if sqlite_path(url) else {}
-    with sqlite_lock(url):
+    with database_lock(url, "optuna schema"):
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                                           grace_period=grace_period, heartbeat_stale_trial_callback=stale_trial_callback)
