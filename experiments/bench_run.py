@@ -7,7 +7,8 @@ Three processes, one after another, same settings (`trainer.eval_strategy=no`, t
 by a first warm-up run so it is not fine-tuned in the measured one):
 
 1. `run.py` itself (through `runpy`, so Hydra, MLflow and the Trainer's loop are all there), with
-   clocks attached: when the process started, when `import kdsuite.run` finished, when each phase
+   clocks attached: when the process started, when the training stack (`kdsuite.run.job`, which
+   `run.py` imports as its main function starts) was imported, when each phase
    of `train` began and ended (`build_run`, `prepare_teacher`, the teacher-output store,
    `build_student`, `fit`), and the end of every optimiser step (a TrainerCallback).
    Training samples/s = samples of the steps after `--warmup` / the time between those steps' ends.
@@ -36,7 +37,6 @@ PHASES = ("build_run", "prepare_teacher", "get_or_build", "build_student", "fit"
 def clocked_run(overrides: list[str], report: Path, launched: float) -> None:
     """Child 1: `run.py overrides` with clocks; writes them to `report` as JSON."""
     started = time.time()
-    import kdsuite.run  # noqa: F401 (what run.py imports first: the import cost)
     from transformers import TrainerCallback
 
     from kdsuite.run import job, teacher_outputs
@@ -180,7 +180,7 @@ def main() -> None:
         f"- training samples/s, bench step over the same batches: {bench['samples_per_s']:.1f}",
         f"- ratio: {run_rate / bench['samples_per_s']:.2f} (target >= 0.8)",
         f"- fixed cost, process start to the first step: {fixed:.1f} s, of which interpreter start "
-        f"{run['started'] - run['launched']:.1f} s, `import kdsuite.run` {run['imported'] - run['started']:.1f} s, "
+        f"{run['started'] - run['launched']:.1f} s, import of `kdsuite.run.job` {run['imported'] - run['started']:.1f} s, "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items() if name != "fit")
         + f"; in `fit` before step 1: {first_step_begin - next(b for n, b, _ in run['phases'] if n == 'fit'):.1f} s",
         f"- after the last step to process end (final evaluation, MLflow, exit): "

@@ -6,8 +6,18 @@
 - `teacher_cache`: fine-tuned teachers, once per (teacher, dataset, recipe), under a file lock;
 - `tracking`: every MLflow call;
 - `pruning`: Optuna pruning inside a sweep trial.
+
+`train` is imported on first use: the light modules here (`optuna_trial`, `store_lock`,
+`tracking`) serve the sweeper's parent process and the experiment scripts, which should not pay for
+the training stack (transformers' Trainer, about 7 s on a 2-core CPU) to read a config or a store.
 """
 
-from kdsuite.run.job import train
-
 __all__ = ["train"]
+
+
+def __getattr__(name: str):
+    if name == "train":
+        from kdsuite.run.job import train
+
+        return train
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
