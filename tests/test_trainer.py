@@ -152,3 +152,20 @@ def test_bf16_on_a_cpu_without_bf16_kernels_is_warned_before_training(tmp_path, 
     assert bool(messages) == warned
     if warned:
         assert "teacher.finetune.bf16=true" in messages[0] and "teacher.finetune.bf16=false" in messages[0]
+
+
+@pytest.mark.parametrize("finetune, sections", [("teacher.finetune.bf16=true", ["trainer", "teacher.finetune"]),
+                                                ("teacher.finetune=null", ["trainer"])])
+def test_emulated_bf16_is_warned_once_per_section_that_sets_it(make_config, glue_dir, monkeypatch, caplog,
+                                                               finetune, sections):
+    """A teacher used as it comes (`teacher.finetune: null`) is scored with the student's
+    precision: its arguments come from trainer.*, whose warning was already given."""
+    import kdsuite.trainer as trainer_module
+    from kdsuite.run.assembly import build_run
+
+    monkeypatch.setattr(trainer_module, "cpu_has_bf16_kernels", lambda: False)
+    cfg = make_config("experiment=smoke", "trainer.bf16=true", finetune)
+    with caplog.at_level("WARNING", logger="kdsuite.trainer"):
+        build_run(cfg)
+    messages = [record.getMessage() for record in caplog.records if record.name == "kdsuite.trainer"]
+    assert [message.split(".bf16=true")[0] for message in messages] == sections

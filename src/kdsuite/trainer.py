@@ -253,9 +253,11 @@ def warn_if_emulated_bf16(section: str) -> None:
         )
 
 
-def training_arguments(settings: dict, output_dir: str, seed: int, section: str = "trainer") -> TrainingArguments:
+def training_arguments(settings: dict, output_dir: str, seed: int, section: str = "trainer",
+                       warn_precision: bool = True) -> TrainingArguments:
     """`TrainingArguments` from a `trainer`/`teacher.finetune` config section (named by `section`
-    in errors).
+    in errors). `warn_precision=False` leaves out the emulated-bf16 warning, for arguments derived
+    from a section whose own arguments already gave it.
 
     The suite owns MLflow (`report_to="none"`) and keeps `example_index` in batches
     (`remove_unused_columns=False`). Under DDP, `ddp_find_unused_parameters` defaults to false: a
@@ -271,7 +273,7 @@ def training_arguments(settings: dict, output_dir: str, seed: int, section: str 
     settings.setdefault("dataloader_pin_memory", torch.cuda.is_available())
     settings.setdefault("ddp_find_unused_parameters", False)
     settings.setdefault("use_cpu", cpu_only_launch() or (settings["bf16"] and not torch.cuda.is_available()))
-    if settings["bf16"] and (settings["use_cpu"] or not torch.cuda.is_available()):
+    if warn_precision and settings["bf16"] and (settings["use_cpu"] or not torch.cuda.is_available()):
         warn_if_emulated_bf16(section)
     known = {field.name for field in dataclasses.fields(TrainingArguments) if field.init}
     unknown = sorted(set(settings) - known)

@@ -117,9 +117,12 @@ def build_run(cfg: DictConfig) -> Run:
     resume_from = checkpoint_to_resume(cfg, out_dir)
     student_args = training_arguments(as_settings(cfg.trainer), str(trainer_dir(out_dir)), cfg.seed,
                                       section="trainer")
-    teacher_section = "teacher.finetune" if cfg.teacher.get("finetune") is not None else "trainer"  # whose keys they are
+    finetuned = cfg.teacher.get("finetune") is not None
+    # without a fine-tune the teacher's arguments are the student's (teacher_settings): their keys and
+    # precision are trainer.*, already checked and warned about above
     teacher_args = training_arguments(teacher_settings(cfg), str(out_dir / "teacher"), cfg.seed,
-                                      section=teacher_section)
+                                      section="teacher.finetune" if finetuned else "trainer",
+                                      warn_precision=finetuned)
     teacher_arch = models.teacher_architecture(cfg.teacher, task)
     tokenizer = load_tokenizer(cfg, task, teacher_arch)
     student_arch = resolve_student_architecture(cfg, teacher_arch)
