@@ -2,7 +2,9 @@
 
 Marker `e2e`: the test trains, starts processes or reads the GLUE data. It is set on every test
 that asks for `glue_dir` and on the modules that train; `pytest -m "not e2e"` runs the loss math,
-mapping, model and config tests without the data.
+mapping, model and config tests without the data. Marker `slow(seconds=N)`: the test took about N
+seconds (N >= 10) on a 2-core CPU; such tests run first, longest first, and `-m "not slow"` leaves
+them out.
 """
 
 from __future__ import annotations
@@ -39,15 +41,37 @@ TINY_RUN = [
 ]
 
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    # Under pytest-xdist (README's `-n 2`) each worker trains in its own process: the cores are
+    # split between them, as run.py's sweeps split them between trials (2 workers x 2 threads on 2
+    # cores made the in-process tests 1.2x slower). Processes the tests start choose their own.
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(1, cores // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
 def glue_path() -> Path:
     """$GLUE_DIR, else the shared copy beside the checkout (which may be missing)."""
     return Path(os.environ.get("GLUE_DIR", DEFAULT_GLUE_DIR))
+
+
+def expected_seconds(item) -> float:
+    """A `slow` test's measured duration (`@pytest.mark.slow(seconds=N)`), else 0."""
+    marker = item.get_closest_marker("slow")
+    return float(marker.kwargs.get("seconds", 0)) if marker else 0.0
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if "glue_dir" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.e2e)
+    # Longest first (a stable sort: the rest keep their order). Under `-n 2 --dist loadgroup`
+    # (README's test command) each worker takes the next test when it is free, so the long
+    # process-level tests run beside the short ones instead of ending the run on one worker while
+    # the other idles; tests that share a costly module fixture carry one `xdist_group` and run on
+    # one worker, which then builds the fixture once.
+    items.sort(key=lambda item: -expected_seconds(item))
 
 
 @pytest.fixture(scope="session")

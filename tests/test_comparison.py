@@ -28,6 +28,7 @@ def test_summary_means_and_sds():
     assert "| mrpc | bert2l | kd | 3 | 80.00 +- 10.00 |" in summary_markdown(list(rows.values()), "f1")
 
 
+@pytest.mark.slow(seconds=20)
 def test_compare_methods_multirun(tmp_path, glue_dir):
     command = [
         sys.executable, str(REPO / "run.py"), "-m", "experiment=compare_methods", "teacher=tiny",

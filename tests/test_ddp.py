@@ -79,6 +79,8 @@ def runs(root, role):
     return [run for run in client.search_runs([experiment.experiment_id]) if run.data.tags.get("role") == role]
 
 
+@pytest.mark.slow(seconds=30)
+@pytest.mark.xdist_group("kd_on_two_processes")  # one torchrun launch for the three
 def test_two_process_run_leaves_one_global_mlflow_run(kd_on_two_processes, make_config):
     root = kd_on_two_processes
     [student_run] = runs(root, "student")
@@ -99,6 +101,7 @@ def test_two_process_run_leaves_one_global_mlflow_run(kd_on_two_processes, make_
     assert student_run.data.metrics["final/loss"] == pytest.approx(scores["final_loss"], rel=2e-3)
 
 
+@pytest.mark.xdist_group("kd_on_two_processes")  # one torchrun launch for the three
 def test_cold_teacher_cache_is_filled_once(kd_on_two_processes):
     [teacher_run] = runs(kd_on_two_processes, "teacher")
     assert teacher_run.info.status == "FINISHED"
@@ -108,6 +111,7 @@ def test_cold_teacher_cache_is_filled_once(kd_on_two_processes):
     assert not entry.name.endswith(".partial")
 
 
+@pytest.mark.xdist_group("kd_on_two_processes")  # one torchrun launch for the three
 def test_kd_step_on_two_processes_equals_one_process_on_the_whole_batch(kd_on_two_processes, make_config):
     root = kd_on_two_processes
     cfg = make_config(*SMALL_RUN, *ONE_SGD_STEP, "trainer.per_device_train_batch_size=8",
@@ -136,6 +140,7 @@ def test_kd_step_on_two_processes_equals_one_process_on_the_whole_batch(kd_on_tw
         torch.testing.assert_close(two_processes[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow(seconds=15)
 def test_codir_banks_agree_across_ranks_and_with_one_process(tmp_path):
     overrides = [*SMALL_RUN, "loss=codir", "loss.num_negatives=8", f"dataset.data_dir={glue_path()}",
                  "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.warmup_steps=0",

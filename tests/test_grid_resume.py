@@ -20,6 +20,7 @@ def student_runs(folder):
     return {run.data.tags["loss"]: run for run in runs if run.data.tags.get("role") == "student"}
 
 
+@pytest.mark.slow(seconds=50)
 def test_rerun_of_a_grid_trains_only_the_unfinished_points(tmp_path, glue_dir):
     sweep(tmp_path, glue_dir, "loss=ce", *GRID)  # a grid cut short after its first point
     [first] = student_runs(tmp_path).values()
@@ -33,6 +34,7 @@ def test_rerun_of_a_grid_trains_only_the_unfinished_points(tmp_path, glue_dir):
     assert runs["kd"].info.status == "FINISHED" and "final_metric" in runs["kd"].data.metrics
 
 
+@pytest.mark.slow(seconds=45)
 def test_grid_script_trains_only_the_points_its_record_lacks(tmp_path, glue_dir):
     """`experiments/glue_grid.sh` on a new store: the point an earlier session recorded (its store
     gone) is not trained again; the one it lacks is, and compare_glue adds it to the record."""

@@ -69,6 +69,7 @@ def in_process(make_config, glue_dir, tmp_path, *extra):
     return cfg
 
 
+@pytest.mark.slow(seconds=20)
 def test_sigterm_ends_killed_and_resume_matches_an_uninterrupted_run(
     tmp_path, glue_dir, make_config, monkeypatch, one_thread
 ):

@@ -5,11 +5,13 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 import yaml
 
 from conftest import REPO
 
 
+@pytest.mark.slow(seconds=15)
 def test_run_py_with_smoke_preset(tmp_path, glue_dir):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     overrides = [

@@ -35,6 +35,7 @@ with tracking.tracked_run("concurrent", {"role": "student"}):
 """
 
 
+@pytest.mark.slow(seconds=20)
 def test_three_processes_create_one_new_store_together(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}

@@ -23,12 +23,14 @@ def test_sqlite_url_to_path():
     assert sqlite_path("postgresql+psycopg://u@host/db") is None
 
 
+@pytest.mark.slow(seconds=20)
 def test_new_sqlite_storage_opened_by_processes_started_together(tmp_path):
     url = f"sqlite:///{tmp_path / 'new' / 'optuna.db'}"
     run_workers(create_storage_worker, [(url,)] * 4, 4)
     assert optuna.get_all_study_names(url) == ["shared"]
 
 
+@pytest.mark.slow(seconds=10)
 def test_concurrent_workers_never_repeat_parameters(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     run_workers(ask_worker, [(url, 2)] * 2, 2)

@@ -20,6 +20,7 @@ def only_study(tmp_path, known=()) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=storage)
 
 
+@pytest.mark.slow(seconds=75)
 def test_fdd_weight_sweep_tracks_parent_children_and_best(tmp_path, glue_dir):
     sweep(tmp_path, glue_dir, "sweep=fdd_weights", "hydra.sweeper.n_trials=2")
     study = only_study(tmp_path)
@@ -88,6 +89,7 @@ def test_fdd_weight_sweep_tracks_parent_children_and_best(tmp_path, glue_dir):
     assert {p.data.tags["optuna_study"] for p in sweep_parents(runs)} == {study.study_name, other.study_name}
 
 
+@pytest.mark.slow(seconds=15)
 def test_failing_trial_is_fail_and_failed_and_the_sweep_goes_on(tmp_path, glue_dir):
     sweep(
         tmp_path, glue_dir, "hydra/sweeper=kdsuite_optuna", "loss=kd", "trainer.logging_steps=2",
@@ -114,6 +116,7 @@ def test_failing_trial_is_fail_and_failed_and_the_sweep_goes_on(tmp_path, glue_d
     assert parent.data.tags["failed_trials"] == str(failed[0])
 
 
+@pytest.mark.slow(seconds=15)
 def test_sweep_whose_trials_all_fail_exits_nonzero_with_a_failed_parent(tmp_path, glue_dir):
     result = sweep(
         tmp_path, glue_dir, "hydra/sweeper=kdsuite_optuna", "loss=kd", "loss.temperature=choice(-1.0,-2.0)",

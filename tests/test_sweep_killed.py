@@ -8,6 +8,7 @@ import subprocess
 import time
 
 import optuna
+import pytest
 
 from sweep_runs import finish, start_sweep, sweep_command, sweep_env
 
@@ -23,6 +24,7 @@ def trial_states(tmp_path) -> list[str]:
     return sorted(trial.state.name for trial in study.trials)
 
 
+@pytest.mark.slow(seconds=35)
 def test_a_killed_sweeps_running_trial_is_failed_and_the_study_topped_up(tmp_path, glue_dir):
     probe = tmp_path / "probe.jsonl"
     # The first trial stalls in its first training step (ProbeKDLoss waits for 99 trials) ...

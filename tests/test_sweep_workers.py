@@ -43,6 +43,7 @@ def probe_records(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow(seconds=20)
 def test_two_workers_started_together_share_one_study_and_one_parent(tmp_path, glue_dir, study_storage):
     # Fresh stores: both workers create optuna.db (SQLite case) and mlflow.db at the same moment.
     overrides = ["sweep=kd_weights", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage='{study_storage}'"]
@@ -61,6 +62,7 @@ def test_two_workers_started_together_share_one_study_and_one_parent(tmp_path, g
     assert all(child.info.status == "FINISHED" for child in children)
 
 
+@pytest.mark.slow(seconds=30)
 def test_n_jobs_runs_trials_at_once_in_processes_with_split_threads(tmp_path, glue_dir):
     probe = tmp_path / "probe.jsonl"
     env = sweep_env(KDSUITE_PROBE_FILE=str(probe), KDSUITE_PROBE_TOGETHER="2")  # each trial waits for the other
@@ -80,6 +82,7 @@ def test_n_jobs_runs_trials_at_once_in_processes_with_split_threads(tmp_path, gl
     assert len(children) == 2 and all(child.info.status == "FINISHED" for child in children)
 
 
+@pytest.mark.slow(seconds=30)
 def test_submitit_local_launcher_runs_each_trial_as_its_own_job(tmp_path, glue_dir):
     probe = tmp_path / "probe.jsonl"
     env = sweep_env(KDSUITE_PROBE_FILE=str(probe), KDSUITE_PROBE_TOGETHER="2")

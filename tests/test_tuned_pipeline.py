@@ -8,6 +8,7 @@ import os
 import subprocess
 
 import mlflow
+import pytest
 
 from conftest import REPO, TINY_RUN
 from sweep_runs import sweep_env
@@ -16,6 +17,7 @@ from sweep_runs import sweep_env
 RECIPE = [o for o in TINY_RUN if not o.startswith(("student=", "dataset="))] + ["dataset.max_train_samples=32"]
 
 
+@pytest.mark.slow(seconds=180)
 def test_tuned_pipeline_sweeps_selects_reports_and_builds_its_table(tmp_path, glue_dir):
     # tuned.sh works from the folder above its own; give it one of its own here, so its outputs/,
     # multirun/ and optuna.db stay out of the checkout
@@ -25,8 +27,10 @@ def test_tuned_pipeline_sweeps_selects_reports_and_builds_its_table(tmp_path, gl
     for name in ("run.py", "conf"):
         (tmp_path / name).symlink_to(REPO / name)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # JOBS=1: trials and grid points in their multirun's own process (test_sweep_workers covers
+    # trials in processes of their own), saving a worker's start, about 10 s, per multirun
     env = sweep_env(
-        TASKS="rte", TRIALS="2", JOBS="2", SEEDS="2", RECIPE=" ".join(RECIPE), RESULTS=str(tmp_path),
+        TASKS="rte", TRIALS="2", JOBS="1", SEEDS="2", RECIPE=" ".join(RECIPE), RESULTS=str(tmp_path),
         GLUE_DIR=str(glue_dir), KDSUITE_CACHE=str(tmp_path / "cache"),
     )
     result = subprocess.run(["bash", str(tmp_path / "experiments" / "tuned.sh"), uri], cwd=tmp_path, env=env,
