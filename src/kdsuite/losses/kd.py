@@ -2,8 +2,10 @@
 
 Causal LMs: the soft term is per response token over the vocabulary, `divergence` chooses it
 (`forward_kl` Hinton's, `reverse_kl` MiniLLM's direction, `skew_kl` DistiLLM's
-`KL(p || a*p + (1-a)*q)` with `a = skew`), computed in fp32 in chunks of `chunk_size` tokens
-(`losses/tokens.py`). The spec runs it at `T = 1`: the causal presets set `loss.temperature=1`.
+`KL(p || a*p + (1-a)*q)` and `skew_reverse_kl` its `KL(q || a*q + (1-a)*p)` with `a = skew`,
+`jsd` GKD's generalized Jensen-Shannon divergence with `beta`, beta = 0 / 1 being forward / reverse
+KL as in TRL), computed in fp32 in chunks of `chunk_size` tokens (`losses/tokens.py`, where the
+equations and the choice at JSD's ends are written out). The spec runs it at `T = 1`: the causal presets set `loss.temperature=1`.
 The CE side is the response-token SFT loss; both are means over response tokens.
 """
 
@@ -62,23 +64,25 @@ def causal_kd_terms(
     divergence: str = "forward_kl",
     skew: float = 0.1,
     chunk_size: int = 256,
+    beta: float = 0.5,
 ) -> dict[str, torch.Tensor]:
     """`L = (1 - alpha) * CE_response + alpha * T^2 * mean_tokens D(p_T, p_S)` for causal LMs."""
     ce = response_token_ce(student_logits, labels)
-    kd = causal_kd(student_logits, teacher_logits, labels, divergence, temperature, skew, chunk_size)
+    kd = causal_kd(student_logits, teacher_logits, labels, divergence, temperature, skew, chunk_size, beta)
     return {"ce": ce, "kd": kd, "loss": (1.0 - alpha) * ce + alpha * kd}
 
 
-def check_divergence(divergence: str, skew: float) -> None:
+def check_divergence(divergence: str, skew: float, beta: float = 0.5) -> None:
     check_choice("divergence", divergence, DIVERGENCES)
     if not 0.0 < skew < 1.0:
         raise ValueError(f"loss.skew={skew} must lie in (0, 1)")
+    check_weight("beta", beta)
 
 
 class KDLoss(DistillationLoss):
     """Hinton KD. Defaults `alpha = 0.5`, `T = 2` (CoDIR's GLUE script); see `kd_terms`.
 
-    `divergence`, `skew` and `chunk_size` apply to causal LMs (see the module docstring); on
+    `divergence`, `skew`, `beta` and `chunk_size` apply to causal LMs (see the module docstring); on
     classifiers only `forward_kl` (Hinton's) is defined and anything else is refused. `fdd` and
     `codir` extend this class: their L_KD is this loss's total, with the same settings and checks.
     """
@@ -93,11 +97,12 @@ class KDLoss(DistillationLoss):
         divergence: str = "forward_kl",
         skew: float = 0.1,
         chunk_size: int = 256,
+        beta: float = 0.5,
     ):
         super().__init__(context)
         check_weight("alpha", alpha)
         check_temperature(temperature)
-        check_divergence(divergence, skew)
+        check_divergence(divergence, skew, beta)
         if divergence != "forward_kl" and not self.is_causal_lm:
             raise ValueError(
                 f"loss.divergence={divergence!r} is defined for causal LMs; task "
@@ -105,13 +110,13 @@ class KDLoss(DistillationLoss):
             )
         self.alpha = alpha
         self.temperature = temperature
-        self.divergence, self.skew, self.chunk_size = divergence, skew, chunk_size
+        self.divergence, self.skew, self.chunk_size, self.beta = divergence, skew, chunk_size, beta
 
     def forward(self, student_out, teacher_out, batch) -> dict[str, torch.Tensor]:
         if self.is_causal_lm:
             return causal_kd_terms(
                 student_out.logits, teacher_out.logits, batch["labels"], self.alpha, self.temperature,
-                self.divergence, self.skew, self.chunk_size,
+                self.divergence, self.skew, self.chunk_size, self.beta,
             )
         return kd_terms(
             student_out.logits,

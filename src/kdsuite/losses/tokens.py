@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from kdsuite.tasks import IGNORE_INDEX
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "skew_kl")
+DIVERGENCES = ("forward_kl", "reverse_kl", "skew_kl", "skew_reverse_kl", "jsd")
 
 
 def at_least_fp32(tensor: torch.Tensor) -> torch.Tensor:
@@ -53,20 +53,43 @@ def response_token_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 
 
 def token_divergence(
-    teacher_log_probs: torch.Tensor, student_log_probs: torch.Tensor, divergence: str, skew: float = 0.1
+    teacher_log_probs: torch.Tensor, student_log_probs: torch.Tensor, divergence: str, skew: float = 0.1,
+    beta: float = 0.5,
 ) -> torch.Tensor:
     """Per-token divergence between teacher p and student q, summed over the vocabulary: (N, V) -> (N,).
 
-    forward_kl: KL(p || q); reverse_kl: KL(q || p); skew_kl (DistiLLM): KL(p || skew*p + (1-skew)*q).
+    forward_kl:      KL(p || q)
+    reverse_kl:      KL(q || p)
+    skew_kl:         KL(p || a*p + (1-a)*q), a = skew (DistiLLM, Ko et al. 2024, "SKL")
+    skew_reverse_kl: KL(q || a*q + (1-a)*p), a = skew (DistiLLM's "SRKL": the mixture leans on the
+                     teacher, as `skewed_reverse_kl` in its official `distillm/losses.py` does)
+    jsd:             generalized JSD (GKD, Agarwal et al. 2024), in TRL's current convention
+                     JSD(beta) = beta * KL(p || M) + (1-beta) * KL(q || M), M = beta*p + (1-beta)*q.
+
+    JSD's ends. The mixture formula is 0 at beta = 0 and at beta = 1 (M equals one side, whose
+    weight is 0), and near the ends JSD(beta) ~ beta * KL(p || q) and ~ (1-beta) * KL(q || p). As
+    TRL's `generalized_jsd_loss` does, beta = 0 is defined as forward_kl and beta = 1 as
+    reverse_kl: the divergence the normalised JSD(beta)/beta, resp. JSD(beta)/(1-beta), tends to.
+    The loss is therefore continuous in direction but not in scale at the two ends (a sweep over
+    beta that reaches 0 or 1 jumps by a factor of about 1/beta there).
+    Mixtures are taken in log space (logaddexp), exact in float64 and stable in fp32.
     """
     p_log, q_log = teacher_log_probs, student_log_probs
-    if divergence == "forward_kl":
+    if divergence == "forward_kl" or (divergence == "jsd" and beta == 0.0):
         return (p_log.exp() * (p_log - q_log)).sum(-1)
-    if divergence == "reverse_kl":
+    if divergence == "reverse_kl" or (divergence == "jsd" and beta == 1.0):
         return (q_log.exp() * (q_log - p_log)).sum(-1)
     if divergence == "skew_kl":
         mixture_log = torch.logaddexp(p_log + math.log(skew), q_log + math.log1p(-skew))
         return (p_log.exp() * (p_log - mixture_log)).sum(-1)
+    if divergence == "skew_reverse_kl":
+        mixture_log = torch.logaddexp(q_log + math.log(skew), p_log + math.log1p(-skew))
+        return (q_log.exp() * (q_log - mixture_log)).sum(-1)
+    if divergence == "jsd":
+        mixture_log = torch.logaddexp(p_log + math.log(beta), q_log + math.log1p(-beta))
+        to_teacher = (p_log.exp() * (p_log - mixture_log)).sum(-1)
+        to_student = (q_log.exp() * (q_log - mixture_log)).sum(-1)
+        return beta * to_teacher + (1.0 - beta) * to_student
     raise ValueError(f"loss.divergence={divergence!r} is not one of {list(DIVERGENCES)}")
 
 
@@ -132,15 +155,17 @@ def causal_kd(
     temperature: float,
     skew: float,
     chunk_size: int,
+    beta: float = 0.5,
 ) -> torch.Tensor:
-    """`T^2 * mean over response tokens of D(softmax(z_T/T), softmax(z_S/T))`, in fp32 chunks."""
+    """`T^2 * mean over response tokens of D(softmax(z_T/T), softmax(z_S/T))`, in fp32 chunks
+    (`skew` and `beta` parametrise the skew divergences and the JSD, see `token_divergence`)."""
     positions = response_positions(labels)
     count = int(positions.sum())
     if count == 0:
         return student_logits.sum() * 0.0
     if isinstance(teacher_logits, TopKLogProbs):
         return temperature**2 * topk_kd_sum(student_logits[positions], teacher_logits, divergence, temperature,
-                                            skew, chunk_size) / count
+                                            skew, chunk_size, beta) / count
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
         raise ValueError(
             f"student predicts {student_logits.shape[-1]} tokens, the teacher {teacher_logits.shape[-1]}: "
@@ -150,7 +175,7 @@ def causal_kd(
     def per_chunk(student_chunk: torch.Tensor, teacher_chunk: torch.Tensor) -> torch.Tensor:
         student_log = F.log_softmax(at_least_fp32(student_chunk) / temperature, dim=-1)  # (N_c, V)
         teacher_log = F.log_softmax(at_least_fp32(teacher_chunk) / temperature, dim=-1)  # (N_c, V)
-        return token_divergence(teacher_log, student_log, divergence, skew).sum()
+        return token_divergence(teacher_log, student_log, divergence, skew, beta).sum()
 
     total = chunked_sum(per_chunk, (student_logits[positions], teacher_logits[positions].detach()), chunk_size)
     return temperature**2 * total / count
@@ -158,7 +183,7 @@ def causal_kd(
 
 def topk_kd_sum(
     student_logits: torch.Tensor, teacher: TopKLogProbs, divergence: str, temperature: float, skew: float,
-    chunk_size: int,
+    chunk_size: int, beta: float = 0.5,
 ) -> torch.Tensor:
     """Sum over response tokens of D(teacher buckets, student buckets): the cached top-k teacher
     (`TopKLogProbs`, N rows) against the student's (N, V) logits, grouped into the same k + 1
@@ -166,6 +191,6 @@ def topk_kd_sum(
 
     def per_chunk(student_chunk, ids_chunk, teacher_chunk):
         student_log = F.log_softmax(at_least_fp32(student_chunk) / temperature, dim=-1)  # (N_c, V)
-        return token_divergence(teacher_chunk, bucket_log_probs(student_log, ids_chunk), divergence, skew).sum()
+        return token_divergence(teacher_chunk, bucket_log_probs(student_log, ids_chunk), divergence, skew, beta).sum()
 
     return chunked_sum(per_chunk, (student_logits, teacher.ids, teacher.buckets()), chunk_size)
