@@ -41,6 +41,7 @@ class LossContext:
     teacher_hidden_size: int | None = None
     train_labels: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     seed: int = 0
+    tokenizers: tuple = ()  # causal track: (student's, teacher's) when they differ (loss=uld)
 
 
 class DistillationLoss(nn.Module):
