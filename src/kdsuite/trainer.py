@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from accelerate.state import AcceleratorState
 from transformers import Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from kdsuite.distributed import all_reduce_sum, cpu_only_launch
 from kdsuite.host_memory import keep_freed_memory_in_heap
@@ -92,7 +92,8 @@ class DistillationTrainer(Trainer):
     # compute_loss normalises by the whole accumulated batch itself (see `_scale_for_accumulation`)
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args, distillation_loss: DistillationLoss, teacher=None, teacher_outputs=None, **kwargs):
+    def __init__(self, *args, distillation_loss: DistillationLoss, teacher=None, teacher_outputs=None, rollout=None,
+                 **kwargs):
         # accelerate keeps one AcceleratorState per process and refuses a second mixed precision, but
         # one process builds several Trainers: the teacher's fine-tune, then the student (on a CPU the
         # former in fp32, the latter perhaps in bf16), or a sweep worker's successive trials. Each
@@ -111,9 +112,19 @@ class DistillationTrainer(Trainer):
         self._window_terms = TermAverager()
         self._epoch_terms = TermAverager()
         self.add_callback(_LogEpochTerms(self))
+        self.rollout = rollout  # a kdsuite.rollout source: whose text each step trains on (None: the data's)
+        if rollout is not None:
+            from kdsuite.rollout.callback import RolloutCallback
+
+            self.add_callback(RolloutCallback(self, rollout))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss_fn = self.distillation_loss
+        if self.rollout is not None:
+            rolled = self.rollout.batch_for_step(self.accelerator.unwrap_model(model), inputs, self.state.global_step,
+                                                 self.state.max_steps)
+            if rolled is not inputs:  # generated text: normalised by its own response tokens
+                inputs, num_items_in_batch = rolled, None
         features = model_inputs(inputs)
         student_out = model(**features, output_hidden_states=loss_fn.needs_hidden_states)
         teacher_out = self.teacher_forward(features, inputs) if loss_fn.needs_teacher else None
@@ -151,6 +162,24 @@ class DistillationTrainer(Trainer):
         if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
             share = share * self.accelerator.num_processes  # DDP averages gradients over ranks
         return loss * share
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """The Trainer's `train`, with the rollout source's state restored from the checkpoint."""
+        if self.rollout is not None and resume_from_checkpoint:
+            from kdsuite.rollout.callback import load_state
+
+            if resume_from_checkpoint is True:
+                resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            load_state(self.rollout, resume_from_checkpoint, self.args.process_index)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """The RNG states, and beside them the rollout source's (`rollout_state.pt`), per process."""
+        super()._save_rng_state(output_dir)
+        if self.rollout is not None:
+            from kdsuite.rollout.callback import save_state
+
+            save_state(self.rollout, output_dir, self.args.process_index)
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write `checkpoint-<step>` under a temporary folder, then rename it into place, with
@@ -194,6 +223,8 @@ class DistillationTrainer(Trainer):
             terms = self._window_terms.pop()
             self._raise_if_not_finite(terms)
             logs = {**logs, **terms}
+        if is_training_log and self.rollout is not None:
+            logs = {**logs, **self.rollout.pop_metrics(self.args.device)}
         super().log(logs, start_time)
 
     def log_epoch_terms(self) -> None:

@@ -22,7 +22,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerCallback, TrainingArguments
 
-from kdsuite import models
+from kdsuite import models, rollout
 from kdsuite.data import instructions
 from kdsuite.data.run_data import RunData, check_data, load_run_data
 from kdsuite.losses.base import DistillationLoss, LossContext
@@ -51,12 +51,13 @@ class Run:
     resume_from: Path | None  # the checkpoint a `resume=true` run continues from
     teacher_entry: teacher_cache.CacheEntry  # where the fine-tuned teacher is cached, and its key
     teacher_outputs: teacher_outputs.TeacherOutputStore | None = None  # set once built (teacher.outputs=cached)
+    rollout: rollout.RolloutSource | None = None  # whose text a step trains on (None: the data's)
 
     @property
     def needs_teacher(self) -> bool:
         """True when the loss reads the teacher or the student copies its blocks."""
         copies_teacher = not self.cfg.student.get("pretrained") and self.cfg.student.init == "teacher"
-        return self.loss.needs_teacher or copies_teacher
+        return self.loss.needs_teacher or copies_teacher or bool(self.rollout and self.rollout.needs_teacher_model)
 
 
 def check_finite(cfg: DictConfig) -> None:
@@ -143,10 +144,12 @@ def build_run(cfg: DictConfig) -> Run:
     )
     # every check the loss makes, and teacher.outputs=cached's, before the data is loaded or downloaded
     teacher_outputs.output_spec(cfg, make_loss(context=context))
+    rollout_source = rollout.build_source(cfg, task, make_loss.func, tokenizer)
     run_data = load_run_data(cfg, task, tokenizer)
     loss = make_loss(context=dataclasses.replace(context, train_labels=run_data.train_labels))
     return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, loss,
-               run_data, student_args, teacher_args, out_dir, resume_from, teacher_cache.cache_entry(cfg))
+               run_data, student_args, teacher_args, out_dir, resume_from, teacher_cache.cache_entry(cfg),
+               rollout=rollout_source)
 
 
 def build_student(run: Run, teacher: PreTrainedModel | None) -> PreTrainedModel:
@@ -180,4 +183,5 @@ def build_trainer(
         distillation_loss=loss,
         teacher=teacher if loss.needs_teacher else None,
         teacher_outputs=run.teacher_outputs if loss.needs_teacher else None,
+        rollout=run.rollout if loss is run.loss else None,
     )

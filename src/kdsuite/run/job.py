@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import set_seed
 
-from kdsuite import distributed, models
+from kdsuite import distributed, models, rollout
 from kdsuite.generation import evaluate_generation
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.ce import CELoss
@@ -98,6 +98,7 @@ def train(cfg) -> float:
         distributed.setup(run.student_args)
         tracking.configure(cfg.tracking)
         teacher = teacher_for_every_process(run, prepare_teacher) if run.needs_teacher else None
+        rollout.prepare_data(run, teacher)  # rollout=teacher: the teacher's responses replace the data's
         run.teacher_outputs = teacher_outputs.get_or_build(run, teacher) if teacher is not None else None
         return train_student(run, teacher)
 
