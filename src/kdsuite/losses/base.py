@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,9 @@ from torch import nn
 from kdsuite.losses.tokens import IGNORE_INDEX, response_token_ce
 from kdsuite.mapping import LayerPairs
 from kdsuite.tasks import CausalTaskSpec, TaskSpec
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig
 
 
 def task_loss(logits: torch.Tensor, labels: torch.Tensor, is_regression: bool) -> torch.Tensor:
@@ -32,7 +35,8 @@ class LossContext:
     nothing else (the teacher's own fine-tune with `ce`). A distillation run also gives the layer
     pairs, both models' widths and `train_labels`, where `train_labels[i]` is the label of the
     training example whose `example_index` is i (empty for causal-LM tasks, whose labels are
-    token sequences), and the run's `seed` (for what a loss draws itself).
+    token sequences), and the run's `seed` (for what a loss draws itself). `student_architecture`
+    and `teacher_architecture` are the models' configs (depth, heads), None where not given.
     """
 
     task: TaskSpec | CausalTaskSpec
@@ -41,6 +45,9 @@ class LossContext:
     teacher_hidden_size: int | None = None
     train_labels: torch.Tensor = field(default_factory=lambda: torch.empty(0))
     seed: int = 0
+    labels_are_placeholders: bool = False
+    student_architecture: PretrainedConfig | None = None
+    teacher_architecture: PretrainedConfig | None = None
     tokenizers: tuple = ()  # causal track: (student's, teacher's) when they differ (loss=uld)
 
 

@@ -1,0 +1,82 @@
+"""`distilbert`: DistilBERT's distillation objective (Sanh, Debut, Chaumond and Wolf, 2019) applied
+to a task, as the transformers distillation example (`examples/research_projects/distillation`,
+`distiller.py`) computes its terms:
+
+    L = alpha_ce * L_ce + alpha_task * L_task + alpha_cos * L_cos
+    L_ce   = T^2 * KL(softmax(z_T / T) || softmax(z_S / T))     (distiller's `loss_ce`: KLDivLoss
+                                                                 'batchmean' of the tempered
+                                                                 distributions, times T^2)
+    L_task = CE(z_S, y)                                          (MSE for regression)
+    L_cos  = mean over the batch's non-padding tokens of 1 - cos(h_S, h_T)
+                                                                 (last hidden states; distiller's
+                                                                 CosineEmbeddingLoss with target 1)
+
+Pre-training's masked-LM term (`alpha_mlm`) and causal-LM term (`alpha_clm`) do not apply to a
+sequence classifier: the gold-label task loss takes the MLM term's place, with its weight.
+Defaults: T = 2 (the example's `--temperature`), alpha_ce = 5, alpha_task = 2 (the example's
+`--alpha_mlm`), alpha_cos = 1 (its README's training command). The weights are not mixing weights:
+any value >= 0.
+
+Choices:
+- The soft term is logged as `kd` (the suite's name for the tempered KL, `ce` being the task loss).
+- Regression (STS-B): the soft term is the MSE between the logits (no temperature), as in `kd`.
+- Widths must be equal (cosine between the two models' states; DistilBERT keeps BERT's width);
+  different widths are refused.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kdsuite.losses.base import DistillationLoss, LossContext, check_temperature
+from kdsuite.losses.baselines import check_nonnegative, refuse_causal_lm
+from kdsuite.losses.kd import soft_label_kl
+
+
+def cosine_term(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`mean_{tokens} 1 - cos(h_S, h_T)` over the non-padding tokens of the whole batch: (B, L, d) x2, mask (B, L)."""
+    keep = mask.bool()  # (B, L)
+    cosine = F.cosine_similarity(student_hidden.float()[keep], teacher_hidden.float()[keep], dim=-1)  # (N,)
+    return (1.0 - cosine).mean()
+
+
+class DistilBERTLoss(DistillationLoss):
+    """DistilBERT's soft-target, task and cosine terms; see the module docstring."""
+
+    name = "distilbert"
+    needs_hidden_states = True
+
+    def __init__(
+        self,
+        context: LossContext,
+        temperature: float = 2.0,
+        alpha_ce: float = 5.0,
+        alpha_task: float = 2.0,
+        alpha_cos: float = 1.0,
+    ):
+        refuse_causal_lm(self.name, context)
+        super().__init__(context)
+        check_temperature(temperature)
+        check_nonnegative(alpha_ce=alpha_ce, alpha_task=alpha_task, alpha_cos=alpha_cos)
+        if context.student_hidden_size != context.teacher_hidden_size:
+            raise ValueError(
+                f"loss=distilbert takes the cosine between the last hidden states, which needs equal widths; "
+                f"the student's is {context.student_hidden_size}, the teacher's {context.teacher_hidden_size}"
+            )
+        self.temperature = temperature
+        self.alpha_ce, self.alpha_task, self.alpha_cos = alpha_ce, alpha_task, alpha_cos
+        self.pairs_used = None  # (last, last): the depths are known once the models are
+        if context.student_architecture is not None and context.teacher_architecture is not None:
+            self.pairs_used = [(context.student_architecture.num_hidden_layers,
+                                context.teacher_architecture.num_hidden_layers)]
+
+    def forward(self, student_out, teacher_out, batch) -> dict[str, torch.Tensor]:
+        if self.is_regression:
+            soft = F.mse_loss(student_out.logits.float(), teacher_out.logits.float())
+        else:
+            soft = soft_label_kl(student_out.logits, teacher_out.logits, self.temperature)
+        task = self.task_loss(student_out.logits, batch["labels"])
+        cos = cosine_term(student_out.hidden_states[-1], teacher_out.hidden_states[-1], batch["attention_mask"])
+        total = self.alpha_ce * soft + self.alpha_task * task + self.alpha_cos * cos
+        return {"kd": soft, "ce": task, "cos": cos, "loss": total}

@@ -1,0 +1,95 @@
+"""The four encoder baselines of issue 32 through `python run.py`: one multirun over pkd, tinybert,
+minilm and distilbert on the tiny random models, checked in MLflow (tags, params, every term),
+and the configs each refuses before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from conftest import REPO, TINY_RUN
+from kdsuite.run.assembly import build_run
+
+FAMILY_TERMS = {
+    "pkd": {"ce", "kd", "pt"},
+    "tinybert": {"attn", "hidn", "embd", "pred", "stage"},
+    "minilm": {"qq_kl", "kk_kl", "vv_kl", "ce"},
+    "distilbert": {"kd", "ce", "cos"},
+}
+
+
+@pytest.mark.e2e
+@pytest.mark.slow(seconds=100)
+def test_each_family_runs_through_run_py_and_logs_its_terms(tmp_path, glue_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides = [
+        *TINY_RUN, "trainer.logging_steps=1",
+        f"dataset.data_dir={glue_dir}", f"cache_dir={tmp_path / 'cache'}", f"tracking.uri={uri}",
+        f"hydra.sweep.dir={tmp_path / 'multirun'}",
+    ]
+    command = [sys.executable, str(REPO / "run.py"), "-m", "loss=pkd,tinybert,minilm,distilbert", *overrides]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("kdsuite")
+    students = {run.data.tags["loss"]: run for run in client.search_runs([experiment.experiment_id])
+                if run.data.tags.get("role") == "student"}
+    assert set(students) == set(FAMILY_TERMS)
+    for loss, terms in FAMILY_TERMS.items():
+        run = students[loss]
+        assert run.info.status == "FINISHED", loss
+        logged = {key.removeprefix("train/") for key in run.data.metrics if key.startswith("train/")}
+        assert terms | {"loss"} <= logged, (loss, logged)
+        for term in terms:
+            values = [point.value for point in client.get_metric_history(run.info.run_id, f"train/{term}")]
+            assert len(values) == 4 and all(value == value for value in values), (loss, term, values)
+    assert students["minilm"].data.params["loss.version"] == "v2"
+    # tinybert's default split (1000 batches) keeps all 4 steps in the intermediate stage
+    stages = [p.value for p in client.get_metric_history(students["tinybert"].info.run_id, "train/stage")]
+    assert stages == [0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss=minilm", "loss.version=v3"], r"loss.version='v3' is not one of \['v1', 'v2'\]"),
+        (["loss=pkd", "loss.beta=-1.0"], "loss.beta=-1.0 must be >= 0"),
+        (["loss=tinybert", "loss.hidn_weight=-0.5"], "loss.hidn_weight=-0.5 must be >= 0"),
+        (["loss=distilbert", "loss.alpha_cos=-1.0"], "loss.alpha_cos=-1.0 must be >= 0"),
+        (["loss=minilm", "loss.ce_weight=-1.0"], "loss.ce_weight=-1.0 must be >= 0"),
+        (["loss=tinybert", "loss.stage=all"], r"loss.stage='all' is not one of \['intermediate', 'prediction', 'both'\]"),
+        (["loss=minilm", "loss.relation_heads=3"], "loss.relation_heads=3 must be >= 1 and divide the student's width 32"),
+    ],
+)
+def test_bad_settings_fail_in_build_run(make_config, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_run(make_config(*TINY_RUN, *overrides))
+
+
+# These checks need both models' depth and heads, which `build_run` does not yet put in the
+# LossContext (`student_architecture`/`teacher_architecture`): until it does, the losses make them
+# when the models are bound (after the teacher's fine-tune, before the first step), which
+# `test_checks_that_need_the_models_fail_when_bound` covers.
+@pytest.mark.xfail(strict=True, reason="build_run does not pass the architectures to the LossContext yet")
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["loss=tinybert", "student.init=random", "+student.config_overrides.num_attention_heads=4"],
+         "the student has 4 heads, the teacher 2"),
+        (["loss=minilm", "loss.teacher_layer=5"], r"loss.teacher_layer=5 is out of range: the teacher has blocks 1..4"),
+        (["loss=pkd", "mapping=custom", "mapping.pairs=[[1,4]]"], "no patient pair is left for loss.beta=500.0"),
+    ],
+)
+def test_checks_that_need_the_architectures_fail_in_build_run(make_config, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        build_run(make_config(*TINY_RUN, *overrides))
+
+
+@pytest.mark.parametrize("loss", ["pkd", "tinybert", "minilm", "distilbert"])
+def test_cached_teacher_outputs_are_refused_naming_the_loss(make_config, loss):
+    with pytest.raises(ValueError, match=f"loss '{loss}' is not one of them: use teacher.outputs=live"):
+        build_run(make_config(*TINY_RUN, f"loss={loss}", "teacher.outputs=cached"))
