@@ -17,7 +17,7 @@ OPTIONS = [
     for path in sorted((CONF / group).glob("*.yaml"))
     if not path.stem.startswith("_")
 ]
-EXTRA = {"mapping": {"custom": ["mapping.pairs=[[1,3],[2,6]]"]}}
+EXTRA = {"mapping": {"custom": ["mapping.pairs=[[1,3],[2,6]]"]}, "loss": {"uld": ["dataset=dolly"]}}  # uld: causal only
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
@@ -54,7 +54,8 @@ def test_experiment_presets_compose(make_config):
         assert cfg.dataset.name
 
 
-@pytest.mark.parametrize(("preset", "loss"), [("fdd_weights", "FDDLoss"), ("codir_weights", "CoDIRLoss"), ("kd_weights", "KDLoss")])
+@pytest.mark.parametrize(("preset", "loss"), [("fdd_weights", "FDDLoss"), ("codir_weights", "CoDIRLoss"), ("kd_weights", "KDLoss"),
+                                                ("uld_weights", "ULDLoss")])
 def test_sweep_presets_compose_and_select_their_loss(make_config, preset, loss):
     from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
 

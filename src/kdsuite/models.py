@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -108,6 +109,27 @@ def load_tokenizer(teacher_settings: DictConfig):
     return AutoTokenizer.from_pretrained(resolve_location(teacher_settings.name_or_path), **pretrained_kwargs(teacher_settings))
 
 
+def student_tokenizer_location(student_settings: DictConfig) -> str | None:
+    """Where the student's own tokenizer comes from: `student.tokenizer`, else a pretrained
+    student's checkpoint; None when the student shares the teacher's."""
+    return student_settings.get("tokenizer") or student_settings.get("pretrained") or None
+
+
+@lru_cache(maxsize=8)
+def _tokenizer_at(location: str):
+    return AutoTokenizer.from_pretrained(resolve_location(location))
+
+
+def load_student_tokenizer(student_settings: DictConfig):
+    """The student's own tokenizer (read once per process and location), or None (the teacher's)."""
+    location = student_tokenizer_location(student_settings)
+    return None if location is None else _tokenizer_at(location)
+
+
+def same_vocabulary(tokenizer, other) -> bool:
+    return tokenizer.get_vocab() == other.get_vocab()
+
+
 def check_vocabulary(config: PretrainedConfig, tokenizer, who: str) -> None:
     """A causal LM must have an output for every token its tokenizer can produce."""
     if config.vocab_size < len(tokenizer):
@@ -127,7 +149,7 @@ def check_same_tokenizer(teacher_tokenizer, student_location: str) -> None:
         raise ValueError(
             f"student {student_location!r} tokenizes differently from teacher "
             f"{teacher_tokenizer.name_or_path!r} ({len(student_vocab)} vs {len(teacher_vocab)} tokens; "
-            f"e.g. {differing}): teacher and student must share a tokenizer"
+            f"e.g. {differing}): teacher and student must share a tokenizer (only loss=uld distils across tokenizers)"
         )
 
 
@@ -200,11 +222,26 @@ def student_architecture(student_settings: DictConfig, teacher_architecture: Pre
     """The teacher's architecture with `student.num_layers` blocks and the student's overrides;
     with `student.model_type`, an architecture of its own over the teacher's vocabulary."""
     # Everything goes in at construction: configs derive fields (LLaMA's head_dim) in __init__.
-    settings = {"num_hidden_layers": int(student_settings.num_layers), **_config_overrides(student_settings)}
+    settings = {"num_hidden_layers": int(student_settings.num_layers), **own_vocabulary(student_settings),
+                **_config_overrides(student_settings)}
     if student_settings.get("model_type"):
-        token_ids = {name: getattr(teacher_architecture, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")}
-        return AutoConfig.for_model(student_settings.model_type, vocab_size=teacher_architecture.vocab_size, **token_ids, **settings)
+        settings = {"vocab_size": teacher_architecture.vocab_size,
+                    **{name: getattr(teacher_architecture, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")},
+                    **settings}
+        return AutoConfig.for_model(student_settings.model_type, **settings)
     return teacher_architecture.__class__.from_dict({**teacher_architecture.to_dict(), **settings})
+
+
+def own_vocabulary(student_settings: DictConfig) -> dict:
+    """With `student.tokenizer`: the student's output size and special ids from its own tokenizer
+    (eos falling back to the separator, pad to eos, as the data does); else nothing."""
+    if not student_settings.get("tokenizer"):
+        return {}
+    tokenizer = _tokenizer_at(student_settings.tokenizer)
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id != eos else None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return {"vocab_size": len(tokenizer), "bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}
 
 
 def check_student_fits(student_settings: DictConfig, teacher_architecture: PretrainedConfig) -> None:
@@ -221,6 +258,11 @@ def check_student_fits(student_settings: DictConfig, teacher_architecture: Pretr
         raise ValueError(
             f"student {student_settings.name!r} has {depth} layers but the teacher has "
             f"{teacher_depth}: a student needs 1..{teacher_depth} layers"
+        )
+    if student_settings.init == "teacher" and student_settings.get("tokenizer"):
+        raise ValueError(
+            f"student {student_settings.name!r} has its own tokenizer (student.tokenizer="
+            f"{student_settings.tokenizer}), so it cannot copy the teacher's embeddings and head: set student.init=random"
         )
     if student_settings.init == "teacher" and student_settings.get("model_type"):
         raise ValueError(

@@ -144,6 +144,9 @@ class DistillationTrainer(Trainer):
         """
         if self.teacher_outputs is not None:
             return self.teacher_outputs.batch_outputs(inputs)
+        teacher_inputs = getattr(self.distillation_loss, "teacher_inputs", None)  # loss=uld: the teacher's own tokens
+        if teacher_inputs is not None:
+            features = teacher_inputs(inputs)
         with torch.no_grad():
             return self.teacher(**features, output_hidden_states=self.distillation_loss.needs_hidden_states)
 

@@ -157,3 +157,56 @@ def tokenize_examples(
         columns["labels"].append([IGNORE_INDEX] * len(prompt) + ids[len(prompt):])
         columns["example_index"].append(index)
     return datasets.Dataset.from_dict(columns)
+
+
+def response_ids(example: Instruction, tokenizer, with_offsets: bool) -> tuple[list[int], list[tuple[int, int]] | None]:
+    """The response's token ids plus eos, and with `with_offsets` each token's character span in
+    the response (eos: the zero-width span at its end)."""
+    encoded = tokenizer(example.response, add_special_tokens=False, return_offsets_mapping=with_offsets)
+    ids = encoded["input_ids"] + [tokenizer.eos_token_id]
+    if not with_offsets:
+        return ids, None
+    end = len(example.response)
+    return ids, [tuple(span) for span in encoded["offset_mapping"]] + [(end, end)]
+
+
+def tokenize_pairs(
+    examples: list[Instruction], tokenizer, teacher_tokenizer, template, max_seq_length: int, max_prompt_length: int,
+    max_samples: int | None = None, align_offsets: bool = True,
+) -> datasets.Dataset:
+    """Each example in both tokenizations, for a teacher and a student with different tokenizers
+    (loss=uld): the student's `input_ids`, `attention_mask`, `labels` as `tokenize_examples` makes
+    them, the teacher's as `teacher_input_ids`, `teacher_attention_mask`, `teacher_labels` (each
+    with its own prompt, chat template and lengths), and with `align_offsets` each token's aligned
+    group, `align_groups` / `teacher_align_groups` (-1 outside groups; `token_alignment`), from
+    both tokenizers' offset mappings over the response text. `alignment_coverage` is the fraction
+    of the response's characters inside groups (after truncation)."""
+    from kdsuite.losses.token_alignment import align_spans
+
+    kept = examples if max_samples is None else examples[:max_samples]
+    columns: dict[str, list] = {name: [] for name in (
+        "input_ids", "attention_mask", "labels", "teacher_input_ids", "teacher_attention_mask", "teacher_labels",
+        "example_index")}
+    if align_offsets:
+        columns.update(align_groups=[], teacher_align_groups=[], alignment_coverage=[])
+    for index, example in enumerate(kept):
+        sides = {}
+        for side, side_tokenizer in (("student", tokenizer), ("teacher", teacher_tokenizer)):
+            prompt = prompt_ids(example, side_tokenizer, template, max_prompt_length)
+            response, spans = response_ids(example, side_tokenizer, align_offsets)
+            ids = (prompt + response)[:max_seq_length]
+            kept_spans = spans[:len(ids) - len(prompt)] if spans is not None else None
+            sides[side] = (prompt, ids, kept_spans)
+        for side, prefix in (("student", ""), ("teacher", "teacher_")):
+            prompt, ids, _ = sides[side]
+            columns[f"{prefix}input_ids"].append(ids)
+            columns[f"{prefix}attention_mask"].append([1] * len(ids))
+            columns[f"{prefix}labels"].append([IGNORE_INDEX] * len(prompt) + ids[len(prompt):])
+        columns["example_index"].append(index)
+        if align_offsets:
+            alignment = align_spans(sides["student"][2], sides["teacher"][2])
+            for side, prefix in (("student", ""), ("teacher", "teacher_")):
+                prompt, ids, spans = sides[side]
+                columns[f"{prefix}align_groups"].append([-1] * len(prompt) + alignment.group_ids(side, len(spans)))
+            columns["alignment_coverage"].append(alignment.covered_chars / max(len(example.response), 1))
+    return datasets.Dataset.from_dict(columns)

@@ -49,9 +49,14 @@ def glue_data(cfg: DictConfig, task: TaskSpec, tokenizer) -> RunData:
     )
 
 
-def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer) -> RunData:
+def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer, teacher_tokenizer=None) -> RunData:
     """Instruction data (Dolly-format, or ShareGPT first turns): response-token labels for training
-    and validation loss, and the prompts of `dataset.generation.split` for ROUGE-L."""
+    and validation loss, and the prompts of `dataset.generation.split` for ROUGE-L.
+
+    `tokenizer` is the student's. A different `teacher_tokenizer` (loss=uld) gives training examples
+    in both tokenizations (`instructions.tokenize_pairs`, aligned by offsets unless
+    `loss.alignment=position`) and a collator that pads both; validation and generation are the
+    student's alone."""
     settings = cfg.dataset
     if task.reader == "sharegpt":
         splits = sharegpt.load_splits(settings)
@@ -59,13 +64,21 @@ def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer) -> RunDat
         splits = instructions.load_splits(settings, task.hub_dataset)
     lengths = (settings.max_seq_length, settings.max_prompt_length)
     scored = splits[settings.generation.split][: settings.generation.max_examples]
+    if teacher_tokenizer is not None and teacher_tokenizer is not tokenizer:
+        align_offsets = cfg.loss.get("alignment", "offsets") == "offsets"
+        train_set = instructions.tokenize_pairs(splits["train"], tokenizer, teacher_tokenizer, settings.template,
+                                                *lengths, settings.max_train_samples, align_offsets)
+        collator = PairCollator(tokenizer.pad_token_id, teacher_tokenizer.pad_token_id)
+    else:
+        train_set = instructions.tokenize_examples(splits["train"], tokenizer, settings.template, *lengths,
+                                                   settings.max_train_samples)
+        collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)
     return RunData(
-        train_set=instructions.tokenize_examples(splits["train"], tokenizer, settings.template, *lengths,
-                                                 settings.max_train_samples),
+        train_set=train_set,
         eval_set=instructions.tokenize_examples(splits["validation"], tokenizer, settings.template, *lengths,
                                                 settings.max_eval_samples),
         train_labels=torch.empty(0),
-        collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX),
+        collator=collator,
         compute_metrics=None,
         generation=GenerationSet(
             prompts=[instructions.prompt_ids(e, tokenizer, settings.template, settings.max_prompt_length)
@@ -90,5 +103,43 @@ def check_data(cfg: DictConfig, task) -> None:
         glue.check_data_available(task, cfg.dataset.data_dir)
 
 
-def load_run_data(cfg: DictConfig, task: TaskSpec | CausalTaskSpec, tokenizer) -> RunData:
-    return instruction_data(cfg, task, tokenizer) if task.is_causal_lm else glue_data(cfg, task, tokenizer)
+def load_run_data(cfg: DictConfig, task: TaskSpec | CausalTaskSpec, tokenizer, teacher_tokenizer=None) -> RunData:
+    """The run's data in the student's tokenization (`tokenizer`), and in the teacher's too where
+    that differs (causal track, loss=uld)."""
+    if task.is_causal_lm:
+        return instruction_data(cfg, task, tokenizer, teacher_tokenizer)
+    return glue_data(cfg, task, tokenizer)
+
+
+@dataclass
+class PairCollator:
+    """Pads batches that carry two tokenizations (`tokenize_pairs`), each column to its batch's
+    longest row, on the right: ids with their tokenizer's pad id, masks with 0, labels with -100,
+    aligned groups with -1. Other columns (`example_index`, `alignment_coverage`) become tensors
+    as they are. Right padding keeps the models' default position ids correct."""
+
+    pad_token_id: int
+    teacher_pad_token_id: int
+
+    def padding(self, column: str):
+        if column.endswith("input_ids"):
+            return self.teacher_pad_token_id if column.startswith("teacher_") else self.pad_token_id
+        if column.endswith("attention_mask"):
+            return 0
+        if column.endswith("labels"):
+            return IGNORE_INDEX
+        if column.endswith("align_groups"):
+            return -1
+        return None
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        batch = {}
+        for column in features[0]:
+            rows = [feature[column] for feature in features]
+            pad = self.padding(column)
+            if pad is None:
+                batch[column] = torch.tensor(rows)
+                continue
+            width = max(len(row) for row in rows)
+            batch[column] = torch.tensor([list(row) + [pad] * (width - len(row)) for row in rows], dtype=torch.long)
+        return batch

@@ -233,6 +233,22 @@ class ULDLoss(DistillationLoss):
             elif self.hybrid:
                 log.info("loss=uld hybrid: %s", self.pairs.summary())
 
+    @staticmethod
+    def check_tokenizers(student_tokenizer, teacher_tokenizer, settings) -> None:
+        """Refuse, before any work, a pair `alignment` cannot align: offsets need both tokenizers'
+        offset mappings, which only fast (Rust) tokenizers give."""
+        alignment = settings.get("alignment", "offsets")
+        if alignment != "offsets":
+            return
+        for who, tokenizer in (("student", student_tokenizer), ("teacher", teacher_tokenizer)):
+            if not getattr(tokenizer, "is_fast", False):
+                raise ValueError(
+                    f"loss.alignment=offsets aligns by both tokenizers' offset mappings, but the {who}'s tokenizer "
+                    f"{tokenizer.name_or_path!r} ({type(tokenizer).__name__}) has none (not a fast tokenizer); "
+                    f"student {student_tokenizer.name_or_path!r}, teacher {teacher_tokenizer.name_or_path!r}: "
+                    f"use loss.alignment=position or a fast tokenizer"
+                )
+
     def mode(self, separate_tokenizations: bool) -> str:
         if not separate_tokenizations or (self.pairs is not None and self.pairs.same_family_size):
             return "same_family"
@@ -270,5 +286,7 @@ class ULDLoss(DistillationLoss):
         ce = response_token_ce(student_out.logits, labels)
         responses = response_tokens(labels).sum().clamp(min=1)
         aligned = ((student_groups != NO_GROUP) & response_tokens(labels)).sum() / responses
+        if "alignment_coverage" in batch:  # the data's: response characters inside groups
+            terms["align_coverage"] = batch["alignment_coverage"].float().mean()
         return {"ce": ce, **terms, "aligned_frac": aligned.detach().float(),
                 "loss": (1.0 - self.alpha) * ce + self.alpha * terms["uld"]}

@@ -85,14 +85,45 @@ def resolve_student_architecture(cfg: DictConfig, teacher_architecture: Pretrain
 
 
 def load_tokenizer(cfg: DictConfig, task, teacher_architecture: PretrainedConfig):
-    """The teacher's tokenizer; on the causal-LM track also checked against the model and the student."""
+    """(the student's tokenizer, the teacher's): one object, the teacher's, unless the student has
+    its own (`student.tokenizer`, or a pretrained student's that differs). Only a loss that declares
+    `allows_other_tokenizer` (loss=uld) accepts that, on the causal-LM track, after its own checks
+    of the pair and with the teacher already cached (its fine-tune and scoring read the run's data in
+    one tokenization); every other loss refuses it here, before any work."""
+    from hydra.utils import get_class
+
     tokenizer = models.load_tokenizer(cfg.teacher)
-    if task.is_causal_lm:
-        instructions.prepare_tokenizer(tokenizer)
-        models.check_vocabulary(teacher_architecture, tokenizer, f"teacher {cfg.teacher.name!r}")
-        if cfg.student.get("pretrained"):
-            models.check_same_tokenizer(tokenizer, cfg.student.pretrained)
-    return tokenizer
+    if not task.is_causal_lm:
+        if cfg.student.get("tokenizer"):
+            raise ValueError(
+                f"student.tokenizer={cfg.student.tokenizer!r}: task {task.name!r} trains classifiers (an encoder-only "
+                f"task), whose student shares teacher {cfg.teacher.name!r}'s tokenizer; set student.tokenizer=null"
+            )
+        return tokenizer, tokenizer
+    instructions.prepare_tokenizer(tokenizer)
+    models.check_vocabulary(teacher_architecture, tokenizer, f"teacher {cfg.teacher.name!r}")
+    student_tokenizer = models.load_student_tokenizer(cfg.student)
+    if student_tokenizer is None or models.same_vocabulary(student_tokenizer, tokenizer):
+        return tokenizer, tokenizer
+    loss_class = get_class(cfg.loss._target_)
+    if not getattr(loss_class, "allows_other_tokenizer", False):
+        models.check_same_tokenizer(tokenizer, models.student_tokenizer_location(cfg.student))  # raises
+    instructions.prepare_tokenizer(student_tokenizer)
+    loss_class.check_tokenizers(student_tokenizer, tokenizer, cfg.loss)
+    source = (cfg.get("rollout") or {}).get("source", "dataset")
+    if source != "dataset":  # generated text would come in one tokenization only
+        raise ValueError(f"rollout.source={source!r} trains on generated text, which a run across tokenizers "
+                         f"(student {student_tokenizer.name_or_path!r}, teacher {tokenizer.name_or_path!r}) "
+                         f"cannot tokenize for both models: use rollout=dataset")
+    entry = teacher_cache.cache_entry(cfg)
+    if not (entry.path / teacher_cache.META_FILE).is_file():
+        raise ValueError(
+            f"student tokenizer {student_tokenizer.name_or_path!r} differs from teacher {cfg.teacher.name!r}'s "
+            f"{tokenizer.name_or_path!r}: a run across tokenizers reads its teacher from the cache, whose entry "
+            f"{entry.path} is empty. Fill it with a run on the teacher's tokenizer first (the same teacher and "
+            f"dataset with loss=kd student.tokenizer=null), then run this again"
+        )
+    return student_tokenizer, tokenizer
 
 
 def as_settings(section: DictConfig) -> dict:
@@ -125,7 +156,7 @@ def build_run(cfg: DictConfig) -> Run:
                                       section="teacher.finetune" if finetuned else "trainer",
                                       warn_precision=finetuned)
     teacher_arch = models.teacher_architecture(cfg.teacher, task)
-    tokenizer = load_tokenizer(cfg, task, teacher_arch)
+    tokenizer, teacher_tokenizer = load_tokenizer(cfg, task, teacher_arch)  # the student's first
     student_arch = resolve_student_architecture(cfg, teacher_arch)
     student_layers, teacher_layers = student_arch.num_hidden_layers, teacher_arch.num_hidden_layers
 
@@ -141,11 +172,12 @@ def build_run(cfg: DictConfig) -> Run:
         teacher_hidden_size=teacher_arch.hidden_size,
         train_labels=placeholder_labels(task),
         seed=cfg.seed,
+        tokenizers=(tokenizer, teacher_tokenizer) if tokenizer is not teacher_tokenizer else (),
     )
     # every check the loss makes, and teacher.outputs=cached's, before the data is loaded or downloaded
     teacher_outputs.output_spec(cfg, make_loss(context=context))
     rollout_source = rollout.build_source(cfg, task, make_loss.func, tokenizer)
-    run_data = load_run_data(cfg, task, tokenizer)
+    run_data = load_run_data(cfg, task, tokenizer, teacher_tokenizer)
     loss = make_loss(context=dataclasses.replace(context, train_labels=run_data.train_labels))
     return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, loss,
                run_data, student_args, teacher_args, out_dir, resume_from, teacher_cache.cache_entry(cfg),
