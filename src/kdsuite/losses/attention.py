@@ -122,11 +122,10 @@ def row_kl(teacher_log_probs: torch.Tensor, student_log_probs: torch.Tensor, mas
     heads and the non-padding queries of each example, then over examples.
 
     Both inputs (B, H, L, L) log-probabilities (same H), mask (B, L).
+    Padding keys have teacher probability exactly 0 (`masked_log_softmax`), so they add exactly 0.
     """
-    key_mask = mask.bool()[:, None, None, :]  # (B, 1, 1, L)
-    pointwise = teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)  # (B, H, L, L)
-    per_row = torch.where(key_mask, pointwise, torch.zeros_like(pointwise)).sum(dim=-1)  # (B, H, L)
-    return masked_mean(per_row.mean(dim=1), mask)
+    pointwise = F.kl_div(student_log_probs, teacher_log_probs, log_target=True, reduction="none")  # (B, H, L, L)
+    return masked_mean(pointwise.sum(dim=-1).mean(dim=1), mask)  # per row (B, H, L) -> per query (B, L)
 
 
 def relation_log_probs(x: torch.Tensor, num_heads: int, mask: torch.Tensor) -> torch.Tensor:
