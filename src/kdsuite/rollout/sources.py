@@ -111,6 +111,9 @@ class TeacherRollout(RolloutSource):
 
     needs_teacher_model = True
 
+    def pop_metrics(self, device: torch.device) -> dict[str, float]:
+        return {}  # nothing is generated during training (the store's manifest has the one-off cost)
+
 
 class StudentRollout(RolloutSource):
     """On-policy (GKD; ImitKD with `schedule=linear`): with probability `lambda(step)` a micro-batch's

@@ -1,0 +1,170 @@
+"""Rollout sources end to end on the tiny causal models: `rollout=student lambda=1` trains only on
+the student's samples (hooks on `generate` and on the loss), `lambda=0` gives the `dataset`
+source's weights bitwise after a step, `rollout=teacher` generates once and later runs (with
+`teacher.outputs=cached` too) read the store, the cost is logged, and bad settings fail before any
+work, naming the key."""
+
+import json
+
+import mlflow
+import pytest
+import torch
+from omegaconf import open_dict
+from safetensors.torch import load_file
+
+from kdsuite.losses.kd import KDLoss
+from kdsuite.losses.ce import CELoss
+from kdsuite.rollout import sources, teacher_store
+from kdsuite.run import train
+
+from conftest import TINY_RUN
+
+pytestmark = pytest.mark.e2e
+
+FAST = ["experiment=causal_smoke", "teacher.finetune.max_steps=4", "trainer.max_steps=4",
+        "dataset.generation.max_new_tokens=4", "dataset.generation.n_seeds=1", "dataset.generation.log_examples=1",
+        "trainer.bf16=false", "teacher.finetune.bf16=false", "mapping=uniform"]
+SHORT = "rollout.max_new_tokens=5"  # with a source that generates
+
+
+@pytest.fixture
+def dolly_jsonl(tmp_path):
+    colors, things = ["red", "blue", "green"], ["apple", "sky", "grass", "snow"]
+    rows = [{"instruction": f"What color is the {things[i % 4]}?", "context": "",
+             "response": f"The {things[i % 4]} is {colors[i % 3]}."} for i in range(24)]
+    path = tmp_path / "dolly.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def in_folder(cfg, folder):
+    """`cfg` writing its run folder at `folder` (make_config fixes one folder per test)."""
+    with open_dict(cfg):
+        cfg.output_dir = str(folder)
+    return cfg
+
+
+def student_runs(cfg):
+    client = mlflow.MlflowClient(cfg.tracking.uri)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    found = client.search_runs([experiment.experiment_id], "tags.role = 'student'") if experiment else []
+    return client, found
+
+
+def spy_on(monkeypatch, owner, name):
+    """Replace `owner.name` by a wrapper that records each call's result; returns the record."""
+    calls = []
+    real = getattr(owner, name)
+
+    def recording(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append((args, result))
+        return result
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls
+
+
+def spy_on_loss_labels(monkeypatch, loss_class):
+    seen = []
+    real_forward = loss_class.forward
+
+    def forward(self, student_out, teacher_out, batch):
+        seen.append(batch["labels"].detach().cpu().clone())
+        return real_forward(self, student_out, teacher_out, batch)
+
+    monkeypatch.setattr(loss_class, "forward", forward)
+    return seen
+
+
+@pytest.mark.slow(seconds=20)
+def test_student_rollout_at_lambda_one_trains_only_on_generated_tokens(make_config, dolly_jsonl, monkeypatch):
+    generated = spy_on(monkeypatch, sources, "sample_responses")
+    seen = spy_on_loss_labels(monkeypatch, KDLoss)
+    cfg = make_config(*FAST, f"dataset.path={dolly_jsonl}", "loss=kd", "rollout=student", "rollout.lambda=1", SHORT)
+    train(cfg)
+    assert len(seen) == len(generated) == 4  # 4 steps, each on samples
+    data_rows = set()
+    for labels, (_, responses) in zip(seen, generated):
+        for row, response in zip(labels, responses):
+            assert row[row != -100].tolist() == response.tolist()  # the response tokens are the generated ones
+            data_rows.add(tuple(row[row != -100].tolist()))
+    assert len(data_rows) > 1
+    client, [run] = student_runs(cfg)
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    assert metrics["rollout/seconds_per_step"] > 0 and metrics["rollout/tokens_per_second"] > 0
+    assert 0 < metrics["rollout/time_fraction"] <= 1 and metrics["rollout/lambda"] == 1.0
+
+
+def trained_student(make_config, dolly_jsonl, tmp_path, name, *overrides):
+    cfg = make_config(*FAST, f"dataset.path={dolly_jsonl}", "trainer.max_steps=1", "trainer.warmup_steps=0",
+                      "save_student=true", *overrides)  # no warmup: the one step moves the weights
+    train(in_folder(cfg, tmp_path / name))
+    return load_file(tmp_path / name / "student" / "model.safetensors")
+
+
+@pytest.mark.slow(seconds=30)
+def test_lambda_zero_equals_the_dataset_source_bitwise_after_a_step(make_config, dolly_jsonl, tmp_path, monkeypatch):
+    generated = spy_on(monkeypatch, sources, "sample_responses")
+    dataset = trained_student(make_config, dolly_jsonl, tmp_path, "dataset", "loss=kd")
+    on_policy = trained_student(make_config, dolly_jsonl, tmp_path, "lambda0", "loss=gkd", "loss.divergence=forward_kl",
+                                "loss.alpha=0.5", "rollout.lambda=0", SHORT)
+    assert not generated
+    assert dataset.keys() == on_policy.keys()
+    assert all(torch.equal(dataset[name], on_policy[name]) for name in dataset)
+    moved = trained_student(make_config, dolly_jsonl, tmp_path, "lambda1", "loss=gkd", "loss.divergence=forward_kl",
+                            "loss.alpha=0.5", "rollout.lambda=1", SHORT)
+    assert len(generated) == 1 and not all(torch.equal(dataset[name], moved[name]) for name in dataset)
+
+
+@pytest.mark.slow(seconds=35)
+def test_teacher_rollout_generates_once_and_later_runs_read_the_store(make_config, dolly_jsonl, tmp_path,
+                                                                      monkeypatch):
+    generations = spy_on(monkeypatch, teacher_store, "generate_all")
+    seen = spy_on_loss_labels(monkeypatch, CELoss)
+    cfg = make_config(*FAST, f"dataset.path={dolly_jsonl}", "loss=seqkd", SHORT)
+    train(in_folder(cfg, tmp_path / "first"))
+    assert len(generations) == 1
+    [manifest] = (tmp_path / "cache").glob("teachers/*/generations/*/manifest.json")
+    stored = json.loads((manifest.parent / "responses.json").read_text())
+    assert len(stored) == len(generations[0][1]) == 16  # 24 rows less 4 validation and 4 test
+    stored_rows = {tuple(response) for response in stored}
+    student_seen = seen[-4:]  # the student's 4 steps come after the teacher's fine-tune (CE too)
+    assert student_seen and all(tuple(row[row != -100].tolist()) in stored_rows
+                                for labels in student_seen for row in labels)
+
+    # another seed and loss, with cached teacher outputs (built over the teacher's text): nothing generated
+    kd_seen = spy_on_loss_labels(monkeypatch, KDLoss)
+    second = make_config(*FAST, f"dataset.path={dolly_jsonl}", "loss=kd", "rollout=teacher", SHORT, "seed=7",
+                         "teacher.outputs=cached", "teacher.cache_top_k=8")
+    train(in_folder(second, tmp_path / "second"))
+    assert len(generations) == 1
+    assert kd_seen and all(tuple(row[row != -100].tolist()) in stored_rows for labels in kd_seen for row in labels)
+    _, runs = student_runs(second)
+    assert sorted(run.info.status for run in runs) == ["FINISHED", "FINISHED"]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["loss=gkd", "rollout.lambda=1.5"], r"rollout.lambda=1.5 must lie in \[0, 1\]"),
+    (["loss=gkd", "loss.beta=-0.5"], r"loss.beta=-0.5 must lie in \[0, 1\]"),
+    (["loss=distillm", "rollout.max_new_tokens=0"], r"rollout.max_new_tokens=0 must be a positive integer"),
+    (["loss=gkd", "teacher.outputs=cached"], r"rollout=student .* use teacher.outputs=live"),
+])
+@pytest.mark.slow(seconds=10)
+def test_bad_causal_settings_fail_before_any_work(make_config, dolly_jsonl, monkeypatch, overrides, message):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the settings were checked")
+
+    monkeypatch.setattr("kdsuite.run.job.prepare_teacher", no_work)
+    cfg = make_config(*FAST, f"dataset.path={dolly_jsonl}", *overrides)
+    with pytest.raises(ValueError, match=message):
+        train(cfg)
+    assert not student_runs(cfg)[1]
+
+
+def test_student_rollout_on_a_glue_task_fails_before_any_work(make_config, glue_dir, monkeypatch):
+    monkeypatch.setattr("kdsuite.run.job.prepare_teacher", lambda *a, **k: pytest.fail("the teacher was prepared"))
+    cfg = make_config(*TINY_RUN, "rollout=student")
+    with pytest.raises(ValueError, match="rollout=student generates responses; task 'rte' trains sequence classif"):
+        train(cfg)
