@@ -12,7 +12,9 @@ session does not outlive its machine, the record does, so sessions add up. A run
 is already recorded (a re-run on a new store) is not added; it is printed beside the recorded
 value, which checks that a point reproduces. Outputs: the Markdown table
 (`results_table.build_table`) below the hand-written reading of `<table>.md`, a bar plot with
-error bars per student (PNG), both logged to an MLflow run with `role=comparison`.
+error bars per student (`reports.plots`), both logged to an MLflow run with `role=comparison`.
+Everything but the choice of tasks, students and losses is `kdsuite.reports`; a table of any
+store's runs, one per (dataset, student), is `kdsuite-report`.
 """
 
 from __future__ import annotations
@@ -23,39 +25,15 @@ from pathlib import Path
 
 import mlflow
 
+from kdsuite.reports.comparison import comparison_run
 from kdsuite.reports.markdown import write_results
+from kdsuite.reports.plots import save_bar_charts
 from kdsuite.reports.results_table import (
-    RecordUpdate, RunResult, build_table, finished_runs, read_record, run_results, teacher_scores, update_record,
+    RunResult, build_table, describe_update, finished_runs, read_record, run_results, teacher_scores, update_record,
 )
 from kdsuite.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def plot(results: list[RunResult], tasks: list[str], losses: list[str], student: str, path: Path) -> None:
-    import statistics
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(1.8 * len(tasks) + 2, 4))
-    width = 0.8 / len(losses)
-    for offset, loss in enumerate(losses):
-        means, sds = [], []
-        for task in tasks:
-            values = [r.value * 100 for r in results if (r.student, r.loss, r.dataset) == (student, loss, task)]
-            means.append(statistics.fmean(values) if values else 0.0)
-            sds.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-        positions = [i + offset * width for i in range(len(tasks))]
-        axes.bar(positions, means, width, yerr=sds, capsize=3, label=loss)
-    axes.set_xticks([i + width * (len(losses) - 1) / 2 for i in range(len(tasks))], tasks)
-    axes.set_ylabel("dev main metric (x100), mean +- sd over seeds")
-    axes.set_title(f"MiniLM teacher -> {student}")
-    axes.legend()
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
 
 
 def main() -> None:
@@ -75,9 +53,9 @@ def main() -> None:
     args = parser.parse_args()
 
     client = mlflow.MlflowClient(args.tracking_uri)
-    runs = finished_runs(client, args.experiment)
     record = args.results / args.record
-    report_update(update_record(record, in_scope(run_results(runs), args)), record)
+    update = update_record(record, in_scope(run_results(finished_runs(client, args.experiment)), args))
+    print("\n".join(describe_update(update, record)))
     results = in_scope(read_record(record), args)
     teacher = teacher_scores(results)
     if args.seeds:
@@ -92,14 +70,14 @@ def main() -> None:
         for reference in args.references:
             tables.append(build_table(own, teacher, tasks, args.losses, names, reference))
         figure = args.results / f"{args.table}_{student}.png"
-        plot(own, tasks, args.losses, student, figure)
+        save_bar_charts(own, [student], args.losses, figure, title="MiniLM teacher -> {student}", task_order=tasks)
         figures.append(figure)
     table = "\n".join(tables)
     links = "\n".join(f"![{f.stem}]({f.name})" for f in figures)
     markdown = args.results / f"{args.table}.md"
     write_results(markdown, "\n" + table + "\n" + links + "\n",
                   command="python experiments/compare_glue.py " + " ".join(sys.argv[1:]))
-    with _comparison_run(client, args.experiment) as run_id:
+    with comparison_run(client, args.experiment, "glue-comparison") as run_id:
         client.log_artifact(run_id, str(markdown))
         for figure in figures:
             client.log_artifact(run_id, str(figure))
@@ -110,33 +88,6 @@ def in_scope(results: list[RunResult], args) -> list[RunResult]:
     """The runs this table reports: its tasks, students and loss labels (a tuned variant, which
     tuned.py reports per selection, is never recorded here)."""
     return [r for r in results if r.dataset in args.tasks and r.student in args.students and r.loss in args.losses]
-
-
-def report_update(update: RecordUpdate, record: Path) -> None:
-    """What this call added to the record, and how each re-run of a recorded point compares."""
-    print(f"{record.name}: {len(update.added)} new point(s)")
-    for recorded, again in update.repeats:
-        dataset, student, loss, seed = recorded.point
-        verdict = "equal" if again.value == recorded.value else f"differs by {again.value - recorded.value:+.3g}"
-        print(f"re-run of {dataset} {student} {loss} seed {seed}: recorded {recorded.value:.10g} "
-              f"(run {recorded.run_id}), now {again.value:.10g} (run {again.run_id}): {verdict}")
-
-
-class _comparison_run:
-    """A `role=comparison` MLflow run holding the table and plots (context manager)."""
-
-    def __init__(self, client: mlflow.MlflowClient, experiment: str):
-        self.client, self.experiment = client, experiment
-
-    def __enter__(self) -> str:
-        found = self.client.get_experiment_by_name(self.experiment)
-        experiment_id = found.experiment_id if found else self.client.create_experiment(self.experiment)
-        self.run_id = self.client.create_run(experiment_id, run_name="glue-comparison",
-                                             tags={"role": "comparison"}).info.run_id
-        return self.run_id
-
-    def __exit__(self, error_type, *_):
-        self.client.set_terminated(self.run_id, status="FAILED" if error_type else "FINISHED")
 
 
 if __name__ == "__main__":

@@ -3,19 +3,23 @@
 `ComparisonSummary` is a Hydra callback: when the multirun ends it gathers the finished student
 runs the multirun made (tag `comparison` = the multirun folder), writes the mean +- sd of the
 final metric per loss to `<multirun folder>/summary.md`, and logs that table to an MLflow run
-of its own (`role=comparison`).
+of its own (`role=comparison`). `comparison_run` is that kind of run for any script that logs a
+table (experiments/compare_glue.py).
 """
 
 from __future__ import annotations
 
 import statistics
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from kdsuite import tracking_names as names
 from kdsuite.reports.markdown import markdown_table
 
 
@@ -67,3 +71,18 @@ class ComparisonSummary(Callback):
         client.log_artifact(run.info.run_id, str(path))
         client.set_terminated(run.info.run_id)
         print(table)
+
+
+@contextmanager
+def comparison_run(client: mlflow.MlflowClient, experiment: str, run_name: str) -> Iterator[str]:
+    """A `role=comparison` MLflow run in `experiment` (created if missing) to log a table and its
+    plots to; yields its id and ends it FINISHED, or FAILED when the block raises."""
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run_id = client.create_run(experiment_id, run_name=run_name, tags={names.ROLE: names.COMPARISON}).info.run_id
+    try:
+        yield run_id
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    client.set_terminated(run_id, status="FINISHED")

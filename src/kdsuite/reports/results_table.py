@@ -28,6 +28,7 @@ from pathlib import Path
 from scipy.stats import ttest_rel
 
 from kdsuite.reports.markdown import loss_rank, markdown_table
+from kdsuite import tracking_names as names
 from kdsuite.tasks import get_task
 
 
@@ -47,32 +48,40 @@ class RunResult:
         return self.dataset, self.student, self.loss, self.seed
 
 
-def finished_runs(client, experiment: str) -> list:
-    """The FINISHED student runs (`role=student`) of an MLflow experiment by name; [] when it does
-    not exist yet. `client` is an `mlflow.MlflowClient`."""
+def finished_runs(client, experiment: str, filter_string: str | None = None) -> list:
+    """The FINISHED student runs (`role=student`) of an MLflow experiment by name, narrowed by an
+    MLflow search `filter_string` when given; [] when the experiment does not exist yet. `client`
+    is an `mlflow.MlflowClient`."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    return client.search_runs(
-        [found.experiment_id], filter_string="tags.role = 'student' and attributes.status = 'FINISHED'",
-        max_results=50000,
-    )
+    query = f"tags.{names.ROLE} = '{names.STUDENT}' and attributes.status = 'FINISHED'"
+    if filter_string:
+        query += f" and {filter_string}"
+    return client.search_runs([found.experiment_id], filter_string=query, max_results=50000)
 
 
-def run_results(runs) -> list[RunResult]:
+def run_results(runs, label_by: str = "variant") -> list[RunResult]:
     """Finished student runs (MLflow `Run` objects) -> RunResult; runs without a final metric are skipped.
 
-    A run tagged `variant` (e.g. `fdd_traj`: fdd with beta_delta=0) is labelled by that tag, so an
-    ablation's variants and the loss families share one grid, one table builder and one CSV."""
+    `label_by="variant"`: a run tagged `variant` (e.g. `fdd_traj`: fdd with beta_delta=0) is
+    labelled by that tag, others by their loss, so an ablation's variants and the loss families
+    share one grid, one table builder and one CSV. `label_by="loss"`: every run by its loss family.
+    The teacher's score is the run's `teacher/<main metric>` (the `main_metric` tag names it;
+    runs without the tag, the task's own main metric)."""
+    if label_by not in ("variant", "loss"):
+        raise ValueError(f"label_by={label_by!r}: runs are labelled by 'loss' or 'variant'")
     results = []
     for run in runs:
         tags, metrics = run.data.tags, run.data.metrics
-        if tags.get("role") != "student" or "final_metric" not in metrics:
+        if tags.get(names.ROLE) != names.STUDENT or names.FINAL_METRIC not in metrics:
             continue
-        label = tags.get("variant") or tags["loss"]
-        teacher = metrics.get(f"teacher/{get_task(tags['dataset']).main_metric}")
-        results.append(RunResult(tags["dataset"], tags["student"], label, int(tags["seed"]),
-                                 metrics["final_metric"], run.info.run_id, teacher, tags.get("environment", "")))
+        label = tags[names.LOSS] if label_by == "loss" else tags.get(names.VARIANT) or tags[names.LOSS]
+        main_metric = tags.get(names.MAIN_METRIC) or get_task(tags[names.DATASET]).main_metric
+        teacher = metrics.get(names.teacher_metric(main_metric))
+        results.append(RunResult(tags[names.DATASET], tags[names.STUDENT_NAME], label, int(tags[names.SEED]),
+                                 metrics[names.FINAL_METRIC], run.info.run_id, teacher,
+                                 tags.get(names.ENVIRONMENT, "")))
     return results
 
 
@@ -239,3 +248,105 @@ def recipe_table(client, runs, tasks: list[str], students: list[str], epochs: in
             cells.append(f"{mean * 100:.2f} +- {sd * 100:.2f}" if len(values) > 1 else f"{mean * 100:.2f}")
         rows.append([f"{task} ({metric})", student, loss, f"{lr:g}", str(len(curves)), *cells])
     return markdown_table(header, rows)
+
+
+@dataclass(frozen=True)
+class LabelSummary:
+    """One row of a (dataset, student) comparison: a loss (or variant) over its seeds, and its
+    paired test against the reference over the seeds both have."""
+
+    dataset: str
+    student: str
+    label: str
+    n: int
+    mean: float
+    sd: float  # sample sd; 0 for a single run
+    reference: str
+    difference: float | None  # mean of (label - reference) over shared seeds; None below 2 pairs
+    p_value: float | None  # two-sided paired t-test (scipy.stats.ttest_rel); None below 2 pairs
+    pairs: int  # seeds both have
+
+
+def duplicate_points(results: list[RunResult]) -> dict[tuple[str, str, str, int], list[RunResult]]:
+    """Points (dataset, student, label, seed) with more than one run: a table would count them as
+    seeds, and the paired test would keep one of them at random, so a report refuses them."""
+    by_point: dict[tuple[str, str, str, int], list[RunResult]] = {}
+    for r in results:
+        by_point.setdefault(r.point, []).append(r)
+    return {point: runs for point, runs in by_point.items() if len(runs) > 1}
+
+
+def summarise(results: list[RunResult], reference: str = "kd") -> list[LabelSummary]:
+    """Per (dataset, student, label): runs, mean and sd of the main metric, and `paired_test`
+    against `reference` over the seeds both have (on that dataset and student only); sorted by
+    dataset, student, then the loss-family order."""
+    groups: dict[tuple[str, str, str], list[float]] = {}
+    for r in results:
+        groups.setdefault((r.dataset, r.student, r.loss), []).append(r.value)
+    rows = []
+    for dataset, student, label in sorted(groups, key=lambda key: (key[0], key[1], loss_rank(key[2]))):
+        values = groups[dataset, student, label]
+        mean, sd = cell_stats(values)
+        own = [r for r in results if r.dataset == dataset]
+        difference, p_value, pairs = (None, None, 0) if label == reference else paired_test(
+            own, student, label, reference)
+        rows.append(LabelSummary(dataset, student, label, len(values), mean, sd, reference, difference, p_value,
+                                 pairs))
+    return rows
+
+
+def summary_tables(rows: list[LabelSummary], metric_names: dict[str, str], teacher: dict[str, float]) -> str:
+    """Markdown: one table per (dataset, student) under a `### dataset, student` heading, the
+    teacher's score first when it is known, then one row per label (x100): runs, mean +- sd, and
+    the difference from the reference with its p-value and number of pairs."""
+    sections = []
+    for dataset, student in dict.fromkeys((row.dataset, row.student) for row in rows):
+        own = [row for row in rows if (row.dataset, row.student) == (dataset, student)]
+        reference = own[0].reference
+        metric = metric_names.get(dataset, "main metric")
+        header = ["loss", "runs", f"{metric} (x100), mean +- sd", f"vs {reference}: diff, p (pairs)"]
+        lines = [["teacher", "", f"{teacher[dataset] * 100:.2f}", ""]] if dataset in teacher else []
+        has_reference = any(row.label == reference for row in own)
+        for row in own:
+            if row.label == reference:
+                versus = "reference"
+            elif not has_reference:
+                versus = f"- (no {reference} runs)"
+            elif row.p_value is None:
+                versus = f"- ({row.pairs})"
+            else:
+                versus = f"{row.difference * 100:+.2f}, p={row.p_value:.3g} ({row.pairs})"
+            lines.append([row.label, str(row.n), f"{row.mean * 100:.2f} +- {row.sd * 100:.2f}", versus])
+        sections.append(f"### {dataset}, {student}\n\n" + markdown_table(header, lines))
+    return "\n".join(sections)
+
+
+SUMMARY_CSV_FIELDS = ["dataset", "student", "metric", "label", "n", "mean", "sd", "reference", "difference",
+                      "p_value", "pairs"]
+
+
+def write_summary_csv(path: Path, rows: list[LabelSummary], metric_names: dict[str, str]) -> None:
+    """The summary rows as CSV, unrounded (fractions, as MLflow holds them); empty cells where a
+    test has fewer than two pairs."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_CSV_FIELDS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({
+                "dataset": row.dataset, "student": row.student, "metric": metric_names.get(row.dataset, ""),
+                "label": row.label, "n": row.n, "mean": repr(row.mean), "sd": repr(row.sd),
+                "reference": row.reference,
+                "difference": "" if row.difference is None else repr(row.difference),
+                "p_value": "" if row.p_value is None else repr(row.p_value), "pairs": row.pairs,
+            })
+
+
+def describe_update(update: RecordUpdate, record: Path) -> list[str]:
+    """What one call of `update_record` added, and how each re-run of a recorded point compares."""
+    lines = [f"{record.name}: {len(update.added)} new point(s)"]
+    for recorded, again in update.repeats:
+        dataset, student, loss, seed = recorded.point
+        verdict = "equal" if again.value == recorded.value else f"differs by {again.value - recorded.value:+.3g}"
+        lines.append(f"re-run of {dataset} {student} {loss} seed {seed}: recorded {recorded.value:.10g} "
+                     f"(run {recorded.run_id}), now {again.value:.10g} (run {again.run_id}): {verdict}")
+    return lines

@@ -16,13 +16,15 @@ log = logging.getLogger(__name__)
 
 
 def trial_rows(study: optuna.Study, run_ids: dict[int, str] | None = None) -> list[dict[str, object]]:
-    """One row per trial: number, state, value, each searched parameter, and its MLflow run."""
+    """One row per trial: number, state, value, each searched parameter, its MLflow run, and why
+    it failed (the trial's `error` user attribute, set by the sweeper)."""
     names = sorted({name for trial in study.trials for name in trial.params})
     rows = []
     for trial in study.trials:
         row: dict[str, object] = {"trial": trial.number, "state": trial.state.name, "value": trial.value}
         row.update({name: trial.params.get(name) for name in names})
         row["mlflow_run_id"] = (run_ids or {}).get(trial.number, "")
+        row["error"] = trial.user_attrs.get("error", "")
         rows.append(row)
     return rows
 
