@@ -16,6 +16,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
+from kdsuite.identity import key_hash
+
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 DEFAULT_GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
@@ -85,7 +87,9 @@ def glue_dir() -> Path:
 
 @pytest.fixture
 def make_config(tmp_path):
-    """Compose `conf/` with overrides, pointed at a private MLflow store, cache and output dir."""
+    """Compose `conf/` with overrides, pointed at a private MLflow store and cache, and an output
+    dir of its own per set of overrides (a run folder belongs to one config: the same overrides
+    find their folder again, as a resume needs, and different ones never share one)."""
 
     def make(*overrides: str) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -93,7 +97,7 @@ def make_config(tmp_path):
         with open_dict(cfg):
             cfg.dataset.data_dir = str(glue_path())
             cfg.cache_dir = str(tmp_path / "cache")
-            cfg.output_dir = str(tmp_path / "out")
+            cfg.output_dir = str(tmp_path / "out" / key_hash(list(overrides), 12))
             cfg.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
         return cfg
 

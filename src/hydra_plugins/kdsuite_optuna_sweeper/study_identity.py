@@ -10,17 +10,14 @@ vary by trial), `hydra.*` (the search space, n_trials, folders), `tracking.*` (w
 """
 
 
-import copy
-import hashlib
-import json
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig
 
-from kdsuite.run.optuna_trial import SECTION as OPTUNA_SECTION
+from kdsuite.identity import STUDY, described_config, key_hash
 
-EXCLUDED = ("hydra", "tracking", "cache_dir", "output_dir", "resume", OPTUNA_SECTION, "dataset.data_dir")
+EXCLUDED = STUDY
 HASH_LENGTH = 10
 
 
@@ -38,30 +35,18 @@ class StudyIdentity:
         return f"{self.preset}_{self.task}_{self.student}_{self.hash}"
 
 
-def _drop(cfg: DictConfig, dotted_key: str) -> None:
-    parent_key, _, leaf = dotted_key.rpartition(".")
-    parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-    if isinstance(parent, DictConfig) and leaf in parent:
-        with open_dict(parent):
-            del parent[leaf]
-
-
 def config_hash(config: dict[str, Any]) -> str:
     """First HASH_LENGTH hex digits of sha256 over the config as canonical JSON (sorted keys)."""
-    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:HASH_LENGTH]
+    return key_hash(config, HASH_LENGTH)
 
 
 def identify(composed: DictConfig, swept_keys: Iterable[str], preset: str | None) -> StudyIdentity:
     """The identity of the experiment `composed` (a trial's config without its sampled values)."""
     swept = tuple(sorted(swept_keys))
-    cfg = copy.deepcopy(composed)
-    for key in (*EXCLUDED, *swept):
-        _drop(cfg, key)
-    hashed = OmegaConf.to_container(cfg, resolve=True)
+    hashed = described_config(composed, (*EXCLUDED, *swept))
 
     def name_of(group: str) -> str:
-        return "swept" if group in swept else str(OmegaConf.select(composed, f"{group}.name", default=group))
+        return "swept" if group in swept else str(composed.get(group, {}).get("name", group))
 
     return StudyIdentity(
         preset=preset or "sweep",

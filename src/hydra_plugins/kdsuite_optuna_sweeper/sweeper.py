@@ -57,6 +57,8 @@ from hydra_plugins.kdsuite_optuna_sweeper.study_identity import StudyIdentity, i
 from kdsuite.distributed import world_size
 from kdsuite.reports import sweep_report
 from kdsuite.run.optuna_trial import open_storage, trial_overrides
+from kdsuite.run.settings import check_settings
+from kdsuite.run.store_check import check_store
 from kdsuite.run.store_lock import database_lock, sqlite_lock
 
 log = logging.getLogger(__name__)
@@ -153,8 +155,11 @@ class KdsuiteOptunaSweeper(Sweeper):
         """Serialises study creation, parent-run creation and asks across every worker."""
         return database_lock(self.storage, f"kdsuite_optuna_study:{study_name}") if self.storage else nullcontext()
 
-    def _identity(self, fixed: list[str], space: dict) -> StudyIdentity:
-        composed = self.config_loader.load_sweep_config(self.config, list(fixed))
+    def _shared_config(self, fixed: list[str]) -> DictConfig:
+        """The config every trial shares: the fixed overrides, the swept keys at their defaults."""
+        return self.config_loader.load_sweep_config(self.config, list(fixed))
+
+    def _identity(self, composed: DictConfig, space: dict) -> StudyIdentity:
         preset = self.config.hydra.runtime.choices.get("sweep")
         return identify(composed, space.keys(), preset)
 
@@ -242,7 +247,9 @@ class KdsuiteOptunaSweeper(Sweeper):
                 "kdsuite_optuna sweeper: nothing to search; give hydra.sweeper.params or sweep "
                 "overrides such as 'loss.alpha_traj=interval(0.1,10)'"
             )
-        identity = self._identity(fixed, space)
+        shared = self._shared_config(fixed)
+        identity = self._identity(shared, space)
+        check_store(self.config.tracking.uri)
         study_name = self.study_name or identity.default_name
         stale = StaleTrials()
         with quiet_heartbeat_warnings():
@@ -261,6 +268,9 @@ class KdsuiteOptunaSweeper(Sweeper):
         outcomes: list[TrialOutcome] = []
         pending: list[optuna.Trial] = []  # asked, not told yet
         try:
+            # the settings every trial shares, checked once here: a bad one fails the sweep (its parent
+            # FAILED, naming the key) before any trial starts, instead of failing every trial alike
+            check_settings(shared)
             exhausted = False
             while len(outcomes) < self.n_trials and not exhausted:
                 with self._study_lock(study_name):
@@ -330,6 +340,7 @@ class KdsuiteOptunaSweeper(Sweeper):
             else:
                 message = f"returned {error!r}, not a number"
             outcome, told = TrialOutcome(trial.number, states.FAIL, error=message), {"state": states.FAIL}
+            trial.set_user_attr("error", message[:MAX_TAG_LENGTH])  # trials.csv's `error` column
             log.warning("trial %d failed: %s; the sweep goes on", trial.number, message)
         try:
             stored = study.tell(trial, **told, skip_if_finished=True)

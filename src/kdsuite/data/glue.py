@@ -10,6 +10,9 @@ memory bank). Nothing is padded here: `DataCollatorWithPadding` pads per batch.
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
+import json
 import random
 import sys
 from dataclasses import dataclass
@@ -60,14 +63,20 @@ def split_path(task: TaskSpec, data_dir: str | Path, split: str) -> Path:
 
 def _parse_label(task: TaskSpec, raw: str, path: Path, line_number: int) -> int | float:
     if task.is_regression:
-        return float(raw)
+        try:
+            return float(raw)
+        except ValueError:
+            raise ValueError(f"{path}:{line_number}: label {raw!r} is not a number") from None
     if task.label_names:
         if raw not in task.label_names:
             raise ValueError(
                 f"{path}:{line_number}: label {raw!r} is not one of {list(task.label_names)}"
             )
         return task.label_names.index(raw)
-    return int(raw)
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{path}:{line_number}: label {raw!r} is not an integer") from None
 
 
 def read_glue_tsv(task: TaskSpec, path: Path) -> GlueSplit:
@@ -75,22 +84,45 @@ def read_glue_tsv(task: TaskSpec, path: Path) -> GlueSplit:
 
     Quoting is off (fields hold unbalanced `"`), the UTF-8 BOM of MRPC's header is dropped by
     the `utf-8-sig` codec, CoLA has no header, and a missing final newline (CoLA dev) is fine.
+    A row with too few columns (a truncated line, a missing field), a label that does not parse
+    and a split without rows are refused with the file and line named. The parse is kept per
+    (file, size, modification time): a run reads its data once for its identity and once to train.
     """
+    stat = path.stat()
+    return _read_glue_tsv(task, str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_glue_tsv(task: TaskSpec, path_name: str, size: int, mtime_ns: int) -> GlueSplit:
     csv.field_size_limit(sys.maxsize)
+    path = Path(path_name)
     text_a: list[str] = []
     text_b: list[str] = []
     labels: list = []
+    columns = [task.text_a_column, task.label_column]
+    if task.text_b_column is not None:
+        columns.append(task.text_b_column)
+    needed = max(columns) + 1
     with open(path, encoding="utf-8-sig", newline="") as handle:
         rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         if task.has_header:
-            next(rows)
+            next(rows, None)
         for line_number, row in enumerate(rows, start=2 if task.has_header else 1):
             if not row:
                 continue
+            if len(row) < needed:
+                raise ValueError(
+                    f"{path}:{line_number}: {len(row)} tab-separated column(s), {task.name} needs at least "
+                    f"{needed} (text in column(s) {sorted(set(columns) - {task.label_column})}, label in "
+                    f"column {task.label_column}, counting from 0): a truncated line or a missing field"
+                )
             text_a.append(row[task.text_a_column].strip())
             if task.text_b_column is not None:
                 text_b.append(row[task.text_b_column].strip())
             labels.append(_parse_label(task, row[task.label_column], path, line_number))
+    if not labels:
+        raise ValueError(f"{path}: no data rows{' after the header' if task.has_header else ''}: "
+                         f"the {task.name} split is empty")
     return GlueSplit(text_a, text_b if task.text_b_column is not None else None, labels)
 
 
@@ -131,7 +163,7 @@ def subset_indices(total: int, max_samples: int | None) -> list[int]:
     if max_samples is None or max_samples >= total:
         return list(range(total))
     if max_samples <= 0:
-        raise ValueError(f"max samples must be positive or null, got {max_samples}")
+        raise ValueError(f"dataset.max_*_samples={max_samples}: must be a positive integer or null")
     generator = random.Random(SUBSET_SEED)
     return sorted(generator.sample(range(total), max_samples))
 
@@ -154,3 +186,15 @@ def tokenize_split(
     columns["labels"] = [split.labels[i] for i in rows]
     columns["example_index"] = list(range(len(rows)))
     return datasets.Dataset.from_dict(columns)
+
+
+def rows_digest(split: GlueSplit, max_samples: int | None) -> str:
+    """sha256 of the rows a run uses from `split` (texts and labels after subsetting): what its
+    teacher and its result depend on, wherever the files sit."""
+    rows = subset_indices(len(split), max_samples)
+    digest = hashlib.sha256()
+    for i in rows:
+        pair = [split.text_a[i], split.text_b[i] if split.text_b is not None else None, split.labels[i]]
+        digest.update(json.dumps(pair).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()

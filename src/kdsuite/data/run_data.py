@@ -9,10 +9,13 @@ comes from `instructions.py` (JSONL or hub) and is scored by ROUGE-L of sampled 
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 
 from kdsuite.data import glue, instructions, sharegpt
@@ -32,6 +35,7 @@ class RunData:
     compute_metrics: object | None  # None: the Trainer reports the task loss only
     generation: GenerationSet | None = None  # prompts scored by sampling (causal-LM track)
     generation_settings: DictConfig | None = None
+    digests: dict[str, str] | None = None  # sha256 per split of the rows used (`data_digests`)
 
 
 def glue_data(cfg: DictConfig, task: TaskSpec, tokenizer) -> RunData:
@@ -58,10 +62,7 @@ def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer, teacher_t
     `loss.alignment=position`) and a collator that pads both; validation and generation are the
     student's alone."""
     settings = cfg.dataset
-    if task.reader == "sharegpt":
-        splits = sharegpt.load_splits(settings)
-    else:
-        splits = instructions.load_splits(settings, task.hub_dataset)
+    splits = instruction_splits(settings, task)
     lengths = (settings.max_seq_length, settings.max_prompt_length)
     scored = splits[settings.generation.split][: settings.generation.max_examples]
     if teacher_tokenizer is not None and teacher_tokenizer is not tokenizer:
@@ -88,6 +89,66 @@ def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer, teacher_t
         ),
         generation_settings=settings.generation,
     )
+
+
+_SPLITS_CACHE: dict[str, dict[str, list[instructions.Instruction]]] = {}
+
+
+def instruction_splits(settings: DictConfig, task: CausalTaskSpec) -> dict[str, list[instructions.Instruction]]:
+    """The task's validation / test / train examples, read once per process for one dataset config
+    and file state (a run reads them for its identity, then to train)."""
+    source = settings.get("path")
+    state = None
+    if source:
+        stat = Path(source).expanduser().stat()
+        state = (stat.st_size, stat.st_mtime_ns)
+    key = json.dumps([task.name, OmegaConf.to_container(settings, resolve=True), state], sort_keys=True, default=str)
+    if key not in _SPLITS_CACHE:
+        if task.reader == "sharegpt":
+            splits = sharegpt.load_splits(settings)
+        else:
+            splits = instructions.load_splits(settings, task.hub_dataset)
+        _SPLITS_CACHE.clear()
+        _SPLITS_CACHE[key] = splits
+    return _SPLITS_CACHE[key]
+
+
+def _examples_digest(examples: list[instructions.Instruction]) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.instruction, example.context, example.response]).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def data_digests(cfg: DictConfig, task: TaskSpec | CausalTaskSpec) -> dict[str, str]:
+    """sha256 of the rows a run uses, per part: parsed text and labels after subsetting, not the
+    files' paths, so a moved copy gives the same digests and an edit in place gives others.
+
+    GLUE: `train` and `validation` (each after `max_*_samples`). Instruction data: `train` and
+    `validation` after subsetting, `validation_all` (the whole split, which scores a teacher used
+    by runs of any `max_eval_samples`) and `generation` (the prompts and references scored by
+    ROUGE-L). On the hub path the rows come from the hub's current revision, so a new revision
+    gives new digests too.
+    """
+    settings = cfg.dataset
+    if not task.is_causal_lm:
+        train = glue.load_split(task, "train", settings.data_dir)
+        validation = glue.load_split(task, "validation", settings.data_dir)
+        return {"train": glue.rows_digest(train, settings.max_train_samples),
+                "validation": glue.rows_digest(validation, settings.max_eval_samples)}
+    splits = instruction_splits(settings, task)
+
+    def first(examples, limit):
+        return examples if limit is None else examples[:limit]
+
+    scored = splits[settings.generation.split][: settings.generation.max_examples]
+    return {
+        "train": _examples_digest(first(splits["train"], settings.max_train_samples)),
+        "validation": _examples_digest(first(splits["validation"], settings.max_eval_samples)),
+        "validation_all": _examples_digest(splits["validation"]),
+        "generation": _examples_digest(scored),
+    }
 
 
 def check_data(cfg: DictConfig, task) -> None:

@@ -51,6 +51,7 @@ On several processes (DDP), the loss behaves as on one process over the global b
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 
 import torch
@@ -65,6 +66,8 @@ from kdsuite.losses.kd import KDLoss
 POOLINGS = ("mean", "cls")
 NEGATIVES = ("label_aware", "random")
 OBJECTIVES = ("infonce", "crd_nce")
+
+log = logging.getLogger(__name__)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -176,6 +179,28 @@ class NegativeSampler(nn.Module):
         return drawn + (drawn >= example_index.unsqueeze(1)).long()  # skip the anchor itself
 
 
+def check_negatives(sampler: NegativeSampler) -> None:
+    """Warn, naming the key, when an anchor draws more negatives than its pool holds: the sampler
+    draws with replacement, so it does not fail, but the K "negatives" are then the same few
+    examples repeated (seen: num_negatives=100000 over 64 examples, accepted silently). The pool is
+    the other examples, or with `negatives=label_aware` the examples of the other labels; the
+    smallest one is reported. A warning, not an error: the smoke preset and small subsets draw
+    CoDIR's default 100 negatives from fewer examples on purpose, and the paper's contrast still
+    holds with repeats; only its number of distinct negatives is smaller."""
+    if sampler.label_aware:
+        available = int(sampler.pool_sizes.min())
+        pool = "examples of another label (negatives=label_aware), in the smallest class's pool"
+    else:
+        available = sampler.num_examples - 1
+        pool = "other training examples"
+    if sampler.num_negatives > available:
+        log.warning(
+            "loss.num_negatives=%d, but the training set has only %d %s: each anchor's negatives repeat "
+            "(draws with replacement); choose loss.num_negatives <= %d for distinct ones",
+            sampler.num_negatives, available, pool, available,
+        )
+
+
 def draw_seed(seed: int, draw: int) -> int:
     """The generator seed of training draw number `draw` of a run seeded `seed` (63 bits)."""
     digest = hashlib.sha256(f"codir-negatives/{seed}/{draw}".encode()).digest()
@@ -233,6 +258,8 @@ class CoDIRLoss(KDLoss):
             self.register_buffer("student_bank", init_memory_bank(num_examples, embed_dim))
             self.register_buffer("teacher_bank", init_memory_bank(num_examples, embed_dim))
         self.sampler = NegativeSampler(context.train_labels, num_negatives, negatives, self.is_regression)
+        if not context.labels_are_placeholders:
+            check_negatives(self.sampler)
         self.register_buffer("nce_norms", torch.zeros(2))  # Z_S, Z_T of crd_nce; 0 = not yet fixed
         self.register_buffer("draws", torch.zeros((), dtype=torch.long))  # training draws so far
 

@@ -12,7 +12,6 @@ nothing else wires a trainer by hand.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +21,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerCallback, TrainingArguments
 
-from kdsuite import models, rollout
+from kdsuite import distributed, models, rollout
 from kdsuite.data import instructions
-from kdsuite.data.run_data import RunData, check_data, load_run_data
+from kdsuite.data.run_data import RunData, check_data, data_digests, load_run_data
 from kdsuite.losses.base import DistillationLoss, LossContext
 from kdsuite.mapping import LayerPairs, validate_pairs
 from kdsuite.run import teacher_cache, teacher_outputs, tracking
-from kdsuite.run.run_folder import checkpoint_to_resume, run_folder, trainer_dir
+from kdsuite.run.run_folder import (
+    RunIdentity, check_identity, checkpoint_to_resume, run_folder, run_identity, trainer_dir,
+)
+from kdsuite.run.settings import check_settings
 from kdsuite.tasks import CausalTaskSpec, TaskSpec, get_task
 from kdsuite.trainer import DistillationTrainer, attach_loss, training_arguments
 
@@ -48,6 +50,7 @@ class Run:
     student_args: TrainingArguments  # from `trainer.*`
     teacher_args: TrainingArguments  # from `teacher.finetune.*`; output_dir is set by the cache
     out_dir: Path  # the run's folder (see run_folder)
+    identity: RunIdentity  # what the folder records as its owner
     resume_from: Path | None  # the checkpoint a `resume=true` run continues from
     teacher_entry: teacher_cache.CacheEntry  # where the fine-tuned teacher is cached, and its key
     teacher_outputs: teacher_outputs.TeacherOutputStore | None = None  # set once built (teacher.outputs=cached)
@@ -58,17 +61,6 @@ class Run:
         """True when the loss reads the teacher or the student copies its blocks."""
         copies_teacher = not self.cfg.student.get("pretrained") and self.cfg.student.init == "teacher"
         return self.loss.needs_teacher or copies_teacher or bool(self.rollout and self.rollout.needs_teacher_model)
-
-
-def check_finite(cfg: DictConfig) -> None:
-    """Every number in the config is finite (`loss.temperature=nan` would pass a range check)."""
-    for key, value in tracking.flatten(OmegaConf.to_container(cfg, resolve=True)).items():
-        try:
-            number = float(value)
-        except ValueError:
-            continue
-        if not math.isfinite(number):
-            raise ValueError(f"{key}={value} is not a finite number")
 
 
 def placeholder_labels(task) -> torch.Tensor:
@@ -142,11 +134,14 @@ def teacher_settings(cfg: DictConfig) -> dict:
 def build_run(cfg: DictConfig) -> Run:
     """Check the config and build data, mapping, loss and training arguments; raises before any
     long work."""
-    check_finite(cfg)
+    check_settings(cfg)
     task = get_task(cfg.dataset.name)
     check_data(cfg, task)
-    out_dir = run_folder(cfg)
-    resume_from = checkpoint_to_resume(cfg, out_dir)
+    digests = data_digests(cfg, task)
+    identity = run_identity(cfg, digests)
+    out_dir = run_folder(cfg, identity)
+    check_identity(cfg, out_dir, identity)
+    resume_from = checkpoint_to_resume(cfg, out_dir, distributed.world_size())
     student_args = training_arguments(as_settings(cfg.trainer), str(trainer_dir(out_dir)), cfg.seed,
                                       section="trainer")
     finetuned = cfg.teacher.get("finetune") is not None
@@ -173,14 +168,17 @@ def build_run(cfg: DictConfig) -> Run:
         train_labels=placeholder_labels(task),
         seed=cfg.seed,
         tokenizers=(tokenizer, teacher_tokenizer) if tokenizer is not teacher_tokenizer else (),
+        labels_are_placeholders=True,
     )
     # every check the loss makes, and teacher.outputs=cached's, before the data is loaded or downloaded
     teacher_outputs.output_spec(cfg, make_loss(context=context))
     rollout_source = rollout.build_source(cfg, task, make_loss.func, tokenizer)
     run_data = load_run_data(cfg, task, tokenizer, teacher_tokenizer)
-    loss = make_loss(context=dataclasses.replace(context, train_labels=run_data.train_labels))
-    return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, loss,
-               run_data, student_args, teacher_args, out_dir, resume_from, teacher_cache.cache_entry(cfg),
+    run_data.digests = digests
+    loss = make_loss(context=dataclasses.replace(context, train_labels=run_data.train_labels,
+                                                 labels_are_placeholders=False))
+    return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, loss, run_data, student_args,
+               teacher_args, out_dir, identity, resume_from, teacher_cache.cache_entry(cfg, digests),
                rollout=rollout_source)
 
 

@@ -19,14 +19,18 @@ from pathlib import Path
 from transformers import set_seed
 
 from kdsuite import distributed, models, rollout
+from kdsuite.data.run_data import check_data, data_digests
 from kdsuite.generation import evaluate_generation
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.ce import CELoss
 from kdsuite.run import run_folder, teacher_cache, teacher_outputs, tracking
 from kdsuite.run.assembly import Run, build_run, build_student, build_trainer
 from kdsuite.run.pruning import pruning_callbacks
+from kdsuite.run.settings import check_settings
+from kdsuite.run.store_check import check_store
 from kdsuite.run.shared_teacher import teacher_for_every_process
 from kdsuite.signals import stop_on_signals
+from kdsuite.tasks import get_task
 from kdsuite.trainer import DistillationTrainer
 
 log = logging.getLogger(__name__)
@@ -85,16 +89,26 @@ def train(cfg) -> float:
     """Run one configured distillation and return its main dev metric.
 
     SIGTERM and SIGINT end it cleanly (the MLflow run KILLED, a checkpoint being saved finished
-    first); `resume=true` continues the run's newest checkpoint in the same MLflow run, and when
-    that run already FINISHED, returns its `final_metric` and trains nothing (so re-running a
-    Hydra multirun grid with `resume=true` runs only the points that did not finish).
+    first); `resume=true` continues the run's newest complete checkpoint in the same MLflow run,
+    and when that run already FINISHED, returns its `final_metric` and trains nothing (so re-running
+    a Hydra multirun grid with `resume=true` runs only the points that did not finish). Either way
+    the run's folder must have been made by this config (`run_folder.check_identity`).
+
+    A sweep trial (`tracking.parent_run_id` set) whose settings fail their checks still leaves a
+    FAILED child run under the sweep's parent, with the error, so no trial fails unseen.
     """
     with stop_on_signals():
-        if cfg.get("resume"):
-            done = finished_already(cfg)
-            if done is not None:
-                return done
-        run = build_run(cfg)
+        check_store(cfg.tracking.uri)  # first: a refused trial is recorded in this store
+        try:
+            check_settings(cfg)
+            if cfg.get("resume"):
+                done = finished_already(cfg)
+                if done is not None:
+                    return done
+            run = build_run(cfg)
+        except Exception as error:
+            tracking.record_refused_trial(cfg, error)
+            raise
         distributed.setup(run.student_args)
         tracking.configure(cfg.tracking)
         teacher = teacher_for_every_process(run, prepare_teacher) if run.needs_teacher else None
@@ -105,8 +119,13 @@ def train(cfg) -> float:
 
 def finished_already(cfg) -> float | None:
     """The `final_metric` of the run's folder's MLflow run in this store and experiment if that
-    run FINISHED, else None. Checked before anything is loaded: a finished point costs nothing."""
-    folder = run_folder.run_folder(cfg)
+    run FINISHED, else None. Checked before any model is loaded: a finished point costs reading
+    its data once (for the run's identity, which the folder must match)."""
+    task = get_task(cfg.dataset.name)
+    check_data(cfg, task)
+    identity = run_folder.run_identity(cfg, data_digests(cfg, task))
+    folder = run_folder.run_folder(cfg, identity)
+    run_folder.check_identity(cfg, folder, identity)
     run_id = run_folder.saved_run_id(folder, cfg.tracking.uri, cfg.tracking.experiment)
     objective = tracking.finished_objective(cfg.tracking.uri, run_id, cfg.tracking.experiment) if run_id else None
     if objective is not None:
@@ -125,12 +144,11 @@ def train_student(run: Run, teacher: teacher_cache.FineTunedTeacher | None) -> f
         log.warning("resume=true, but %s holds no checkpoint: starting fresh", run.out_dir)
 
     tags = tracking.student_tags(cfg, run.loss.name, run.layer_pairs, teacher)
-    if run.resume_from is not None:
-        tags["resumed_from_step"] = str(run_folder.checkpoint_step(run.resume_from))
     run_name = f"{run.loss.name}-{cfg.student.name}-{cfg.dataset.name}-s{cfg.seed}"
     with tracking.tracked_run(run_name, tags, cfg, parent_run_id=cfg.tracking.get("parent_run_id"),
                               resume_run_id=resume_run_id) as mlflow_run:
         if mlflow_run is not None:  # None on the other processes of a DDP run
+            run_folder.record_identity(run.out_dir, run.identity)
             run_folder.save_run_id(run.out_dir, mlflow_run.info.run_id, cfg.tracking.uri, cfg.tracking.experiment)
         if teacher is not None:
             tracking.log_teacher_metrics(teacher.metrics)
@@ -140,6 +158,8 @@ def train_student(run: Run, teacher: teacher_cache.FineTunedTeacher | None) -> f
                                 models.count_parameters(student, trainable_only=True))
         teacher_model = teacher.model if run.loss.needs_teacher else None
         callbacks = [tracking.MlflowMetricsCallback(), *pruning_callbacks(cfg, run.task.main_metric)]
+        if run.resume_from is not None:  # tagged once the Trainer has loaded the checkpoint
+            callbacks.append(tracking.ResumedFromStep(run_folder.checkpoint_step(run.resume_from)))
         trainer = build_trainer(run, student, run.loss, teacher_model, run.student_args, callbacks)
         metrics = fit(run, trainer, run.resume_from)
         if cfg.get("save_student") and distributed.is_main_process():

@@ -1,72 +1,208 @@
-"""Where a run keeps its files, and how a re-run of the same command finds them.
+"""Where a run keeps its files, how a re-run of the same command finds them, and how a folder
+proves whose it is.
 
-Unless `output_dir` is set, a run's folder is `outputs/runs/<hash>/` under the launch folder. The
-hash covers the composed config, seed included, minus the keys that do not change what is
-trained: `resume`, `tracking.*`, `cache_dir`, `output_dir` and a sweep's bookkeeping
-(`optuna.*`). The folder holds `trainer/` (checkpoints, written atomically by the Trainer),
-`mlflow_run.json` (the MLflow run that a resume continues, per tracking store and experiment) and, with `save_student`, `student/`.
+A run's identity (`RunIdentity`) is a hash of its composed config, seed included, less the keys
+that do not change what is trained (`kdsuite.identity.RUN`: `resume`, `tracking.*`, `cache_dir`,
+`output_dir`, `save_student` and a sweep's bookkeeping), together with the digest of the data rows
+it uses (`data_digests`). Unless `output_dir` is set, the folder is `outputs/runs/<identity>/`
+under the launch folder. The folder records the identity that made it (`kdsuite_run.json`, the
+config it was computed over included), and holds `trainer/` (checkpoints, written atomically by
+the Trainer), `mlflow_run.json` (the MLflow run that a resume continues, per tracking store and
+experiment) and, with `save_student`, `student/`.
+
+A run that finds checkpoints or a run record in its folder compares identities before any work
+(`check_identity`): a folder of another config is refused, naming the keys that differ. A folder
+made before identities were recorded is accepted only under its default name (which is the
+identity); under an explicit `output_dir` it is refused, since nothing says whose it is.
 
 A re-run whose folder holds checkpoints must say what to do with them: `resume=true` continues
-from the newest one; without it the run stops before any work rather than overwrite them.
+from the newest complete one (`checkpoint_to_resume`); without it the run stops before any work
+rather than overwrite them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-from transformers.trainer_utils import get_last_checkpoint
+from omegaconf import DictConfig
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from kdsuite.identity import RUN, config_identity, described_config, differing_keys
+
+log = logging.getLogger(__name__)
 
 RUNS_DIR = Path("outputs") / "runs"
-NOT_IDENTITY = ("resume", "tracking", "cache_dir", "output_dir", "optuna", "hydra")
 RUN_ID_FILE = "mlflow_run.json"
+IDENTITY_FILE = "kdsuite_run.json"
+# What a checkpoint must hold for the Trainer to continue exactly: optimizer and scheduler states
+# (without them transformers silently starts a fresh optimizer), the trainer state (step, logs,
+# callbacks) and the weights (the loss's learned parts and buffers, such as CoDIR's memory banks,
+# are saved with them: the loss is a submodule of the student).
+CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "adapter_model.safetensors", "adapter_model.bin")
 
 
 class CheckpointsInTheWay(RuntimeError):
     """The run's folder holds checkpoints and `resume` is off."""
 
 
-def config_hash(cfg: DictConfig, leave_out: tuple[str, ...] = NOT_IDENTITY) -> str:
-    """16 hex digits of the resolved config without the top-level keys in `leave_out`."""
-    described = OmegaConf.to_container(cfg, resolve=True)
-    for key in leave_out:
-        described.pop(key, None)
-    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
+class FolderOfAnotherRun(RuntimeError):
+    """The run's folder was made by another config, or says nothing of whose it is."""
 
 
-def run_folder(cfg: DictConfig) -> Path:
-    """`output_dir` when given, else `outputs/runs/<config_hash>`."""
+class NoCompleteCheckpoint(RuntimeError):
+    """`resume=true`, and every checkpoint in the run's folder lacks a file the Trainer needs."""
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    hash: str
+    config: dict  # what the hash covers: the config less `identity.RUN`, and `data` (row digests)
+
+    def as_record(self) -> dict:
+        return {"identity": self.hash, "config": self.config}
+
+
+def run_identity(cfg: DictConfig, digests: dict[str, str]) -> RunIdentity:
+    """The identity of the run `cfg` over data whose rows have `digests` (`data_digests`)."""
+    described = {**described_config(cfg, RUN), "data": dict(sorted(digests.items()))}
+    return RunIdentity(config_identity(described, ()), described)
+
+
+def run_folder(cfg: DictConfig, identity: RunIdentity) -> Path:
+    """`output_dir` when given, else `outputs/runs/<identity>`."""
     if cfg.get("output_dir"):
         return Path(cfg.output_dir)
-    return RUNS_DIR / config_hash(cfg)
+    return RUNS_DIR / identity.hash
 
 
 def trainer_dir(folder: Path) -> Path:
     return folder / "trainer"
 
 
-def newest_checkpoint(folder: Path) -> Path | None:
-    """The newest complete `checkpoint-<step>` (the Trainer renames a checkpoint into place only
-    once it is written, so every one found is complete)."""
+def recorded_identity(folder: Path) -> dict | None:
+    path = folder / IDENTITY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def record_identity(folder: Path, identity: RunIdentity) -> None:
+    """Write the identity of the run that now owns `folder` (before its first checkpoint)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / (IDENTITY_FILE + ".partial")
+    staging.write_text(json.dumps(identity.as_record(), indent=1, sort_keys=True, default=str))
+    staging.replace(folder / IDENTITY_FILE)
+
+
+def holds_a_run(folder: Path) -> bool:
+    """Whether `folder` holds checkpoints or a record of an MLflow run: something a run could
+    continue, or return the result of."""
+    return (folder / RUN_ID_FILE).is_file() or bool(_checkpoints(folder))
+
+
+def check_identity(cfg: DictConfig, folder: Path, identity: RunIdentity) -> None:
+    """Refuse, before any work, a folder whose checkpoints or run record belong to another config."""
+    if not holds_a_run(folder):
+        return
+    recorded = recorded_identity(folder)
+    if recorded is None:
+        if not cfg.get("output_dir") and folder.name == identity.hash:
+            return  # a default-named folder from before identities were recorded: its name is the identity
+        raise FolderOfAnotherRun(
+            f"output_dir={str(folder)!r} holds checkpoints or an MLflow run record, but no {IDENTITY_FILE} saying "
+            f"which config made them (it was written by an older kdsuite), so they cannot be checked against this "
+            f"run; give another output_dir, or move the folder away"
+        )
+    if recorded.get("identity") == identity.hash:
+        return
+    differences = differing_keys(recorded.get("config", {}), identity.config)
+    listed = "; ".join(f"{key}: {before!r} there, {now!r} here" for key, before, now in
+                       ((key, *values) for key, values in list(differences.items())[:12]))
+    more = f" (and {len(differences) - 12} more)" if len(differences) > 12 else ""
+    raise FolderOfAnotherRun(
+        f"{folder} belongs to another run (identity {recorded.get('identity')}, this one is {identity.hash}); "
+        f"the configs differ in {listed or 'keys not recorded'}{more}. Give this run its own output_dir (or "
+        f"leave output_dir unset for a folder named by its identity), or move that folder away"
+    )
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """`checkpoint-<step>` folders in the run's trainer folder, newest (highest step) first."""
     checkpoints = trainer_dir(folder)
     if not checkpoints.is_dir():
-        return None
-    found = get_last_checkpoint(str(checkpoints))
-    return Path(found) if found else None
+        return []
+    found = [path for path in checkpoints.iterdir()
+             if path.is_dir() and path.name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
+             and path.name.rsplit("-", 1)[1].isdigit()]
+    return sorted(found, key=checkpoint_step, reverse=True)
 
 
-def checkpoint_to_resume(cfg: DictConfig, folder: Path) -> Path | None:
-    """The checkpoint this run continues from (None: start fresh); refuses to run over checkpoints
-    unless `resume=true`."""
-    newest = newest_checkpoint(folder)
-    if newest is not None and not cfg.get("resume"):
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file cannot be loaded whole (its header or its data cut short), or None."""
+    try:
+        with path.open("rb") as handle:
+            header_length = struct.unpack("<Q", handle.read(8))[0]
+            header = json.loads(handle.read(header_length))
+    except (OSError, struct.error, ValueError) as error:
+        return f"{path.name} unreadable ({type(error).__name__})"
+    data_end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"),
+                   default=0)
+    expected = 8 + header_length + data_end
+    if path.stat().st_size < expected:
+        return f"{path.name} truncated ({path.stat().st_size} of {expected} bytes)"
+    return None
+
+
+def missing_parts(checkpoint: Path, world_size: int = 1, extra_files: tuple[str, ...] = ()) -> list[str]:
+    """What `checkpoint` lacks for an exact resume: trainer state, optimizer, scheduler, weights
+    (present and whole), each process's RNG state, and `extra_files` (state kept beside the
+    weights, such as a rollout schedule's). Empty when complete."""
+    missing = [name for name in (*CHECKPOINT_FILES, *extra_files) if not (checkpoint / name).is_file()]
+    weights = [checkpoint / name for name in WEIGHT_FILES if (checkpoint / name).is_file()]
+    if not weights:
+        missing.append("model weights (model.safetensors)")
+    for path in weights:
+        if path.suffix == ".safetensors":
+            problem = _safetensors_problem(path)
+            if problem:
+                missing.append(problem)
+    rng_files = ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
+    missing += [name for name in rng_files if not (checkpoint / name).is_file()]
+    return missing
+
+
+def checkpoint_to_resume(cfg: DictConfig, folder: Path, world_size: int = 1,
+                         extra_files: tuple[str, ...] = ()) -> Path | None:
+    """The checkpoint this run continues from (None: start fresh): the newest complete one.
+
+    Without `resume=true`, checkpoints in the folder stop the run. With it, an incomplete newest
+    checkpoint is passed over for the newest complete one, with a warning naming what it lacked;
+    when none is complete the run stops, naming the folder."""
+    checkpoints = _checkpoints(folder)
+    if checkpoints and not cfg.get("resume"):
         raise CheckpointsInTheWay(
-            f"{folder} already holds checkpoints of this exact run (newest: {newest.name}). "
+            f"{folder} already holds checkpoints of this run's config (newest: {checkpoints[0].name}). "
             f"Add resume=true to continue from it, or move the folder away to start over."
         )
-    return newest
+    skipped = []
+    for checkpoint in checkpoints:
+        missing = missing_parts(checkpoint, world_size, extra_files)
+        if not missing:
+            if skipped:
+                log.warning("resume: passing over %s; continuing from %s, the newest complete checkpoint",
+                            "; ".join(skipped), checkpoint.name)
+            return checkpoint
+        skipped.append(f"{checkpoint.name} (missing {', '.join(missing)})")
+    if skipped:
+        raise NoCompleteCheckpoint(
+            f"resume=true, but no checkpoint in {trainer_dir(folder)} is complete: {'; '.join(skipped)}. "
+            f"Move the folder away to start over"
+        )
+    return None
 
 
 def checkpoint_step(checkpoint: Path) -> int:

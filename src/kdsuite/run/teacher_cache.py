@@ -5,8 +5,8 @@ lock makes concurrent runs that need the same teacher fine-tune it once.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +15,13 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
+from kdsuite.data.run_data import data_digests
+from kdsuite.identity import key_hash
 from kdsuite.tasks import get_task
 
-CACHE_FORMAT = 1  # bump when what is cached, or how, changes
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 2  # bump when what is cached, or how, changes
 META_FILE = "kdsuite_teacher.json"
 
 
@@ -42,25 +46,28 @@ def teacher_settings(cfg: DictConfig) -> dict:
     return settings
 
 
-def cache_key(cfg: DictConfig) -> dict:
-    """Everything that changes the fine-tuned teacher: the teacher config (with `finetune`) and
-    the data it is trained and scored on."""
+def cache_key(cfg: DictConfig, digests: dict[str, str] | None = None) -> dict:
+    """Everything that changes the fine-tuned teacher: the teacher config (with `finetune`), the
+    dataset settings it is trained and scored with, and the digest of the rows themselves
+    (`data_digests`), not the folder they sit in: moving or copying the data reuses the teacher,
+    editing it in place fine-tunes a new one."""
     dataset = cfg.dataset
-    if get_task(dataset.name).is_causal_lm:
+    task = get_task(dataset.name)
+    digests = digests if digests is not None else data_digests(cfg, task)
+    if task.is_causal_lm:
         described = OmegaConf.to_container(dataset, resolve=True)
         described.pop("generation", None)  # how students are scored does not change the teacher
         described.pop("max_eval_samples", None)
-        if described.get("path"):
-            described["path"] = str(Path(described["path"]).expanduser().resolve())
-        return {"format": CACHE_FORMAT, "teacher": teacher_settings(cfg),
-                "dataset": described}
-    data_dir = dataset.data_dir
+        described.pop("path", None)  # the rows' digest stands for the file
+        described["rows_sha256"] = {"train": digests["train"], "validation": digests["validation_all"]}
+        return {"format": CACHE_FORMAT, "teacher": teacher_settings(cfg), "dataset": described}
     return {
         "format": CACHE_FORMAT,
         "teacher": teacher_settings(cfg),
         "dataset": {
             "name": dataset.name,
-            "source": str(Path(data_dir).expanduser().resolve()) if data_dir else "hub",
+            "source": "files" if dataset.data_dir else "hub",
+            "rows_sha256": {"train": digests["train"], "validation": digests["validation"]},
             "max_train_samples": dataset.max_train_samples,
             "max_eval_samples": dataset.max_eval_samples,
             "max_seq_length": dataset.max_seq_length,
@@ -76,22 +83,30 @@ class CacheEntry:
     path: Path  # <cache_dir>/teachers/<teacher>-<task>-<hash of key>
 
 
-def cache_entry(cfg: DictConfig) -> CacheEntry:
+def cache_entry(cfg: DictConfig, digests: dict[str, str] | None = None) -> CacheEntry:
     """The entry of the run's teacher under `cfg.cache_dir` (resolved by the config: $KDSUITE_CACHE,
-    else ~/.cache/kdsuite)."""
-    key = cache_key(cfg)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
-    path = Path(cfg.cache_dir).expanduser() / "teachers" / f"{cfg.teacher.name}-{cfg.dataset.name}-{digest[:16]}"
+    else ~/.cache/kdsuite). `digests`: the run's `data_digests`, computed here when not given."""
+    key = cache_key(cfg, digests)
+    path = Path(cfg.cache_dir).expanduser() / "teachers" / f"{cfg.teacher.name}-{cfg.dataset.name}-{key_hash(key)}"
     return CacheEntry(key, path)
 
 
 def load_cached(path: Path, model_class) -> FineTunedTeacher | None:
+    """The teacher cached at `path`, or None when there is none or it does not load (a truncated
+    weights file, a missing or unreadable record): the caller, holding the lock, then rebuilds it.
+    A damaged entry is moved aside, with a warning naming it and what failed."""
     meta_path = path / META_FILE
-    if not meta_path.is_file():
+    if not path.exists():
         return None
-    meta = json.loads(meta_path.read_text())
-    model = model_class.from_pretrained(path)
-    return FineTunedTeacher(model, path, meta["metrics"], meta.get("run_id"), from_cache=True)
+    try:
+        meta = json.loads(meta_path.read_text())
+        model = model_class.from_pretrained(path)
+        return FineTunedTeacher(model, path, meta["metrics"], meta.get("run_id"), from_cache=True)
+    except Exception as error:  # any failure to load means the entry cannot be used as it is
+        log.warning("cached teacher %s does not load (%s: %s); fine-tuning it again",
+                    path, type(error).__name__, str(error)[:300])
+        shutil.rmtree(path, ignore_errors=True)
+        return None
 
 
 def get_or_finetune(entry: CacheEntry, model_class, finetune) -> FineTunedTeacher:
@@ -104,7 +119,9 @@ def get_or_finetune(entry: CacheEntry, model_class, finetune) -> FineTunedTeache
         if cached is not None:
             return cached
         staging = path.with_name(path.name + ".partial")
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging.exists():  # left by a fine-tune that was killed; this process holds the lock
+            log.warning("removing %s, left by an interrupted fine-tune of this teacher", staging)
+            shutil.rmtree(staging)
         model, tokenizer, metrics, run_id = finetune(staging / "trainer")
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

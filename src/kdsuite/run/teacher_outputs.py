@@ -46,6 +46,7 @@ import torch.nn.functional as F
 from filelock import FileLock
 from torch.utils.data import DataLoader
 
+from kdsuite.identity import key_hash
 from kdsuite.losses.codir import pool
 from kdsuite.losses.tokens import TopKLogProbs, response_positions
 from kdsuite.trainer import model_inputs, training_dtype
@@ -316,7 +317,7 @@ def get_or_build(run, teacher) -> TeacherOutputStore | None:
         return None
     dtype = training_dtype(run.student_args)
     key = store_key(run.teacher_entry.key, spec, run.data.train_set, run.cfg.dataset.max_seq_length, dtype)
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+    digest = key_hash(key, 64)
     path = teacher.path / "outputs" / digest[:16]
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):

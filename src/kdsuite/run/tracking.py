@@ -10,6 +10,7 @@ others' calls do nothing), and student runs are tagged `world_size`.
 
 from __future__ import annotations
 
+import logging
 import platform
 import subprocess
 import traceback
@@ -30,13 +31,22 @@ from kdsuite.distributed import is_main_process, on_main_process, world_size
 from kdsuite.run.store_lock import sqlite_lock
 from kdsuite.signals import RunKilled
 
+log = logging.getLogger(__name__)
+
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a param value
 ERROR_TAG_LENGTH = 500
 
 
+# The experiment tag MLflow's UI reads to open an experiment on its runs ("model training"), not on
+# the GenAI overview of traces.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 @on_main_process
 def configure(tracking_cfg: DictConfig) -> None:
-    """Point MLflow at `tracking.uri` (any URI MLflow accepts) and `tracking.experiment`.
+    """Point MLflow at `tracking.uri` (any URI MLflow accepts) and `tracking.experiment`, tagged so
+    that MLflow's UI opens it on its runs.
 
     A SQLite store is created (or migrated) on first use; several processes doing that at once
     race in alembic's migration, so for SQLite the first connection happens under a file lock
@@ -44,7 +54,9 @@ def configure(tracking_cfg: DictConfig) -> None:
     """
     mlflow.set_tracking_uri(tracking_cfg.uri)
     with sqlite_lock(tracking_cfg.uri):
-        mlflow.set_experiment(tracking_cfg.experiment)
+        experiment = mlflow.set_experiment(tracking_cfg.experiment)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
 
 
 def flatten(tree, prefix: str = "") -> dict[str, str]:
@@ -287,3 +299,36 @@ def summary_line(run_name: str, metric_names, metrics: dict[str, float], teacher
                                    if name in teacher_metrics)
         line += f" (teacher {teacher_scores})"
     return f"{line}; MLflow run {run_id} at {mlflow.get_tracking_uri()}"
+
+
+class ResumedFromStep(TrainerCallback):
+    """Tag `resumed_from_step` once the Trainer has loaded the checkpoint (weights, optimizer,
+    scheduler and trainer state are loaded before `on_train_begin`), not when the resume is planned."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and mlflow.active_run() is not None:
+            mlflow.set_tag("resumed_from_step", str(self.step))
+
+
+def record_refused_trial(cfg: DictConfig, error: BaseException) -> None:
+    """A sweep trial (`tracking.parent_run_id` set) refused before its run started: leave a FAILED
+    child run under the sweep's parent with the trial's tags and the `error`, so the failure is seen
+    in MLflow. Outside a sweep it does nothing (the error reaches the user directly)."""
+    parent_run_id = cfg.tracking.get("parent_run_id")
+    if not parent_run_id or not is_main_process():
+        return
+    try:
+        client = mlflow.MlflowClient(cfg.tracking.uri)
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+        tags = {"role": "student", "teacher": str(cfg.teacher.get("name")), "student": str(cfg.student.get("name")),
+                "dataset": str(cfg.dataset.get("name")), "seed": str(cfg.get("seed")),
+                "mlflow.parentRunId": parent_run_id, "error": describe_error(error)}
+        tags.update({key: str(value) for key, value in (cfg.tracking.get("tags") or {}).items()})
+        run = client.create_run(experiment_id, run_name="refused-trial", tags=tags)
+        client.log_text(run.info.run_id, "".join(traceback.format_exception(error)), "traceback.txt")
+        client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.FAILED))
+    except Exception as record_error:  # the trial's own error is the one to raise
+        log.warning("could not record the refused trial in MLflow: %s", record_error)
