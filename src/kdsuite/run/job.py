@@ -160,6 +160,7 @@ def train_student(run: Run, teacher: teacher_cache.FineTunedTeacher | None) -> f
         callbacks = [tracking.MlflowMetricsCallback(), *pruning_callbacks(cfg, run.task.main_metric)]
         if run.resume_from is not None:  # tagged once the Trainer has loaded the checkpoint
             callbacks.append(tracking.ResumedFromStep(run_folder.checkpoint_step(run.resume_from)))
+        callbacks.append(tracking.RunRecord(run))  # data inputs; the student as an MLflow model (save_student)
         trainer = build_trainer(run, student, run.loss, teacher_model, run.student_args, callbacks)
         metrics = fit(run, trainer, run.resume_from)
         if cfg.get("save_student") and distributed.is_main_process():

@@ -10,6 +10,8 @@ others' calls do nothing), and student runs are tagged `world_size`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import platform
 import subprocess
@@ -69,11 +71,24 @@ def flatten(tree, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+# Keys that tell Hydra how to build an object, not how the run is set up: left out of the params
+# (`_target_` stays: it names the class that ran).
+HYDRA_PLUMBING = ("_partial_",)
+
+
 def config_params(cfg: DictConfig) -> dict[str, str]:
-    """The run's config as params, without `resume` (a continued run keeps the params it has)."""
+    """The run's config as params, without `resume` (a continued run keeps the params it has) and
+    without Hydra's plumbing (`loss._partial_`)."""
     described = OmegaConf.to_container(cfg, resolve=True)
     described.pop("resume", None)
-    return flatten(described)
+    return flatten(without_plumbing(described))
+
+
+def without_plumbing(tree):
+    """`tree` without the HYDRA_PLUMBING keys, at any depth."""
+    if not isinstance(tree, dict):
+        return tree
+    return {key: without_plumbing(value) for key, value in tree.items() if key not in HYDRA_PLUMBING}
 
 
 def git_commit() -> str:
@@ -156,15 +171,18 @@ def tracked_run(
     with the tag `pruned=true`. It nests under `parent_run_id` when given, else under the active
     run if there is one. With `cfg`, a new run logs the config's flattened values as params and the
     resolved YAML (and the Hydra overrides) as artifacts under `config/`; a continued run already
-    has them. On the other processes of a DDP run it yields None and records nothing.
+    has them; `tracking.system_metrics=true` samples CPU, memory, disk and network (and GPU
+    utilisation and memory, with nvidia-ml-py installed) as `system/*` metrics every 10 s while the
+    run is open. On the other processes of a DDP run it yields None and records nothing.
     """
     if not is_main_process():
         yield None
         return
     nested = mlflow.active_run() is not None
+    system_metrics = bool(cfg.tracking.get("system_metrics", False)) if cfg is not None else False
     run = mlflow.start_run(
         run_id=resume_run_id, run_name=run_name, nested=nested, parent_run_id=parent_run_id,
-        tags={**tags, "git_commit": git_commit(), "environment": environment()},
+        tags={**tags, "git_commit": git_commit(), "environment": environment()}, log_system_metrics=system_metrics,
     )
     try:
         if resume_run_id is not None:
@@ -332,3 +350,110 @@ def record_refused_trial(cfg: DictConfig, error: BaseException) -> None:
         client.set_terminated(run.info.run_id, status=RunStatus.to_string(RunStatus.FAILED))
     except Exception as record_error:  # the trial's own error is the one to raise
         log.warning("could not record the refused trial in MLflow: %s", record_error)
+
+
+class RunRecord(TrainerCallback):
+    """What MLflow shows of a student run beyond its metrics: its data as dataset inputs, and
+    with `save_student=true` the trained student as an MLflow model.
+
+    - Inputs (`on_train_begin`, again on a resumed run, which MLflow keeps once): the train and dev
+      sets as datasets named after the task (`rte`), context `train` and `eval`, with a digest of
+      the rows used (the first 16 hex digits of `RunData.digests`' sha256 of the parsed rows after
+      subsetting; MLflow keeps at most 36 characters) and the number of rows after subsetting as
+      the dataset's profile (`{"num_rows": N}`). The source is the file read (GLUE TSV, JSONL) or
+      the hub dataset, so the Dataset column of MLflow's runs table says what a run trained on.
+    - The model (`on_evaluate` of the final scoring, `metric_key_prefix="final"`): logged with
+      `mlflow.transformers` as `student` (the model and tokenizer saved by `save_pretrained`, task
+      `text-classification` or `text-generation`), before `final_metric` is logged, so MLflow links
+      that metric to the model and its models view lists students with their scores.
+      `mlflow.transformers` rather than `mlflow.pytorch`: pytorch's default format (`pt2`) needs
+      `torch.export` of an example batch and its other, `pickle`, ties loading to these classes;
+      the transformers flavour stores the Hugging Face folder and loads back as a pipeline. Its
+      requirements are given (torch, transformers at their versions), since inferring them imports
+      packages the suite does not install (torchvision) and fails. It needs no network (a warning
+      says the model card could not be fetched). A failure to log the model is a warning and the
+      tag `student_model_error`, not a failed run: the student is still saved to the run's folder.
+    """
+
+    def __init__(self, run):
+        self.run = run  # kdsuite.run.assembly.Run
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and mlflow.active_run() is not None:
+            log_data_inputs(self.run)
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, **kwargs):
+        final = any(key.startswith("final_") for key in (metrics or {}))
+        if (final and self.run.cfg.get("save_student") and state.is_world_process_zero
+                and mlflow.active_run() is not None):
+            log_student_model(self.run, model)
+
+
+DATA_CONTEXTS = {"train": "train", "validation": "eval"}
+DIGEST_LENGTH = 16
+
+
+def log_data_inputs(run) -> None:
+    """The run's train and dev sets as MLflow dataset inputs (see `RunRecord`)."""
+    from mlflow.data.meta_dataset import MetaDataset
+
+    class RowsDataset(MetaDataset):
+        """A dataset known by name, source and digest, with its row count as the profile."""
+
+        def __init__(self, source, name, digest, num_rows):
+            self.num_rows = num_rows
+            super().__init__(source=source, name=name, digest=digest)
+
+        @property
+        def profile(self):
+            return {"num_rows": self.num_rows}
+
+        def to_dict(self):
+            return {**super().to_dict(), "profile": json.dumps(self.profile)}
+
+    digests = getattr(run.data, "digests", None) or {}
+    for part, rows in (("train", run.data.train_set), ("validation", run.data.eval_set)):
+        digest = digests.get(part) or rows_digest(rows)
+        dataset = RowsDataset(data_source(run.cfg, run.task, part), run.cfg.dataset.name, digest[:DIGEST_LENGTH],
+                              len(rows))
+        mlflow.log_input(dataset, context=DATA_CONTEXTS[part])
+
+
+def rows_digest(rows) -> str:
+    """sha256 of tokenised rows' token ids, for data that comes without `RunData.digests`."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(list(row["input_ids"])).encode())
+    return digest.hexdigest()
+
+
+def data_source(cfg: DictConfig, task, part: str):
+    """Where a split was read from: the GLUE TSV or JSONL file, else the hub dataset."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
+
+    settings = cfg.dataset
+    if hasattr(task, "glue_dir"):
+        if settings.get("data_dir"):
+            from kdsuite.data.glue import split_path
+
+            return resolve_dataset_source(str(split_path(task, settings.data_dir, part)))  # a local file
+        return HuggingFaceDatasetSource("nyu-mll/glue", config_name=task.hub_config, split=part)
+    if settings.get("path"):
+        return resolve_dataset_source(str(Path(settings.path).expanduser()))
+    if getattr(task, "hub_dataset", None):
+        return HuggingFaceDatasetSource(task.hub_dataset, split="train")
+    return CodeDatasetSource({"dataset": str(settings.name)})
+
+
+def log_student_model(run, model) -> None:
+    """The trained student as the MLflow model `student` of the active run (see `RunRecord`)."""
+    task = "text-generation" if run.task.is_causal_lm else "text-classification"
+    requirements = [f"torch=={torch.__version__}", f"transformers=={transformers.__version__}"]
+    try:
+        mlflow.transformers.log_model({"model": model, "tokenizer": run.tokenizer}, name="student", task=task,
+                                      pip_requirements=requirements)
+    except Exception as error:  # the run trained; its student is still saved to disk
+        log.warning("could not log the student as an MLflow model: %s", error)
+        mlflow.set_tag("student_model_error", describe_error(error))
