@@ -91,5 +91,19 @@ def test_checks_that_need_the_architectures_fail_in_build_run(make_config, overr
 
 @pytest.mark.parametrize("loss", ["pkd", "tinybert", "minilm", "distilbert"])
 def test_cached_teacher_outputs_are_refused_naming_the_loss(make_config, loss):
-    with pytest.raises(ValueError, match=f"loss '{loss}' is not one of them: use teacher.outputs=live"):
+    with pytest.raises(ValueError, match=f"teacher.outputs=cached: loss={loss} .*use teacher.outputs=live"):
         build_run(make_config(*TINY_RUN, f"loss={loss}", "teacher.outputs=cached"))
+
+
+@pytest.mark.parametrize(("preset", "target"), [("pkd_weights", "PKDLoss"), ("tinybert_weights", "TinyBERTLoss"),
+                                                ("minilm_weights", "MiniLMLoss"), ("distilbert_weights", "DistilBERTLoss")])
+def test_sweep_presets_select_their_loss_and_search_its_keys(make_config, preset, target):
+    import yaml
+    from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
+
+    cfg = make_config(f"sweep={preset}")
+    assert cfg.loss._target_.endswith(target)
+    params = yaml.safe_load((REPO / "conf" / "sweep" / f"{preset}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    fixed, space = split_overrides([], params)
+    assert fixed == [] and set(space) == set(params)
+    assert all(key.split(".", 1)[1] in cfg.loss for key in params)
