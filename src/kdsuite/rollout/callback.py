@@ -58,7 +58,9 @@ class RolloutCallback(TrainerCallback):
         self.step_started = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.source.evaluates and state.global_step == 0:
+        # the Trainer loads a resumed checkpoint's state only after this event: whether the reference
+        # loss exists (restored with the source's state) is what says a run starts afresh
+        if self.source.evaluates and self.source.needs_reference_loss:
             self.source.observe_validation_loss(validation_loss(self.trainer))
 
     def on_step_begin(self, args, state, control, **kwargs):

@@ -70,6 +70,7 @@ class RolloutSource:
 
     needs_teacher_model = False  # the run must load the teacher even if the loss reads none
     evaluates = False  # wants the validation loss every `settings.validation_interval` steps
+    needs_reference_loss = False  # wants the validation loss before the first step
 
     def __init__(self, settings: RolloutSettings, pad_token_id: int, eos_token_id: int | None, seed: int):
         self.settings = settings
@@ -143,6 +144,11 @@ class AdaptiveRollout(RolloutSource):
         self.buffer = ReplayBuffer(settings.capacity, seed + 1)
         self.last_validation_loss = float("nan")
         self.choices = {"generate": 0, "replay": 0, "data": 0}
+
+    @property
+    def needs_reference_loss(self) -> bool:
+        """True until the validation loss before training has been measured (or restored)."""
+        return self.schedule.previous_loss is None
 
     def observe_validation_loss(self, loss: float) -> None:
         self.last_validation_loss = loss
