@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdsuite.losses.teacher_reads import TeacherReads, not_cacheable
 from kdsuite.losses.tokens import IGNORE_INDEX, response_token_ce
 from kdsuite.mapping import LayerPairs
 from kdsuite.tasks import CausalTaskSpec, TaskSpec
@@ -85,6 +86,17 @@ class DistillationLoss(nn.Module):
         Keep plain references only: the loss is a submodule of the student, so registering the
         student as a submodule of the loss would make a cycle.
         """
+
+    def cached_teacher_reads(self, top_k: int | None = None) -> TeacherReads:
+        """What this loss reads from the teacher, for `teacher.outputs=cached` (`top_k`:
+        `teacher.cache_top_k`, for losses over a vocabulary). A loss whose reads the store can hold
+        overrides this; by default it cannot, and says so naming itself."""
+        raise not_cacheable(self.name, "reads teacher outputs that the store does not hold (the loss declares "
+                                       "none it could serve)")
+
+    def teacher_layers(self) -> tuple[int, ...]:
+        """The teacher layers of the loss's layer pairs, in order (none without pairs)."""
+        return tuple(sorted({t for _, t in getattr(self, "layer_pairs", ())}))
 
     def forward(self, student_out: Any, teacher_out: Any, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -62,20 +62,13 @@ from torch.nn.parallel import DistributedDataParallel
 from kdsuite.distributed import all_gather_rows, all_reduce_sum
 from kdsuite.losses.base import LossContext, check_choice
 from kdsuite.losses.kd import KDLoss
+from kdsuite.losses.pooling import POOLINGS, pool
+from kdsuite.losses.teacher_reads import TeacherReads
 
-POOLINGS = ("mean", "cls")
 NEGATIVES = ("label_aware", "random")
 OBJECTIVES = ("infonce", "crd_nce")
 
 log = logging.getLogger(__name__)
-
-
-def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
-    """(B, L, d) -> (B, d): padding-masked mean over tokens, or the first token."""
-    if pooling == "cls":
-        return hidden[:, 0]
-    weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, L, 1)
-    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
 
 def bank_init_range(dim: int) -> float:
@@ -262,6 +255,10 @@ class CoDIRLoss(KDLoss):
             check_negatives(self.sampler)
         self.register_buffer("nce_norms", torch.zeros(2))  # Z_S, Z_T of crd_nce; 0 = not yet fixed
         self.register_buffer("draws", torch.zeros((), dtype=torch.long))  # training draws so far
+
+    def cached_teacher_reads(self, top_k: int | None = None) -> TeacherReads:
+        """Each mapped teacher layer pooled per example, and the logits of L_KD."""
+        return TeacherReads(hidden_layers=self.teacher_layers(), pooling=self.pooling)
 
     def bind_models(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Keep the loss's buffers (banks, draw count, sampler tables) out of DDP's broadcast:

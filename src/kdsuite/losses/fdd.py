@@ -46,6 +46,7 @@ from torch import nn
 
 from kdsuite.losses.base import LossContext, check_choice
 from kdsuite.losses.kd import KDLoss
+from kdsuite.losses.teacher_reads import TeacherReads, not_cacheable
 from kdsuite.losses.logit_lens import COSINE_EPS, LogitLens, logit_lens_terms
 from kdsuite.mapping import LayerPairs
 
@@ -197,6 +198,16 @@ class FDDLoss(KDLoss):
                 f"fdd space=hidden needs loss.projection=auto (a learned Linear) for that"
             )
         return nn.Linear(d_student, d_teacher)
+
+    def cached_teacher_reads(self, top_k: int | None = None) -> TeacherReads:
+        """The mapped teacher layers' hidden states at every real token (`tokens=all`) or the first
+        (`tokens=cls`, and `space=head`, whose head pools the first token), and L_KD's logits. The
+        logit lens decodes every mapped layer over the vocabulary, which the store does not hold."""
+        if self.space == "logit_lens":
+            raise not_cacheable(self.name, f"(space={self.space}) decodes every mapped teacher layer over the "
+                                           f"vocabulary, which the store does not hold (it keeps top-k "
+                                           f"log-probabilities of the last layer for loss=kd)")
+        return TeacherReads(hidden_layers=self.teacher_layers(), tokens="cls" if self.space == "head" else self.tokens)
 
     def bind_models(self, student: nn.Module, teacher: nn.Module | None) -> None:
         if self.space == "head":

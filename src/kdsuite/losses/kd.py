@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from kdsuite.losses.base import (
     DistillationLoss, LossContext, check_choice, check_temperature, check_weight, task_loss,
 )
+from kdsuite.losses.teacher_reads import TeacherReads, check_top_k
 from kdsuite.losses.tokens import DIVERGENCES, causal_kd, response_token_ce
 
 
@@ -111,6 +112,13 @@ class KDLoss(DistillationLoss):
         self.alpha = alpha
         self.temperature = temperature
         self.divergence, self.skew, self.chunk_size, self.beta = divergence, skew, chunk_size, beta
+
+    def cached_teacher_reads(self, top_k: int | None = None) -> TeacherReads:
+        """Classifiers: the logits. Causal LMs: per response token the top `teacher.cache_top_k`
+        log-probabilities at this loss's temperature, plus the tail's mass (`losses/tokens.py`)."""
+        if self.is_causal_lm:
+            return TeacherReads(logits=False, top_k=check_top_k(top_k), temperature=float(self.temperature))
+        return TeacherReads()
 
     def forward(self, student_out, teacher_out, batch) -> dict[str, torch.Tensor]:
         if self.is_causal_lm:

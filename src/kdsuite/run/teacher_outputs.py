@@ -2,7 +2,9 @@
 
 Every run of one teacher over one training set recomputes the same teacher forwards. With
 `teacher.outputs=cached` the first run that needs them makes one eval-mode pass over the train
-set, at the training precision, and stores exactly what the run's loss reads from the teacher:
+set, at the training precision, and stores exactly what the run's loss declares it reads from the
+teacher (`DistillationLoss.cached_teacher_reads`, a `TeacherReads`); the store knows no loss by
+name. The seed families declare:
 
 - `kd` (classifiers): the logits, fp32, one row per example;
 - `fdd` (`space=hidden`): the hidden states of the mapped teacher layers at every real token, or
@@ -47,7 +49,8 @@ from filelock import FileLock
 from torch.utils.data import DataLoader
 
 from kdsuite.identity import key_hash
-from kdsuite.losses.codir import pool
+from kdsuite.losses.pooling import pool
+from kdsuite.losses.teacher_reads import TeacherReads
 from kdsuite.losses.tokens import TopKLogProbs, response_positions
 from kdsuite.trainer import model_inputs, training_dtype
 
@@ -56,52 +59,21 @@ log = logging.getLogger(__name__)
 OUTPUT_MODES = ("live", "cached")
 STORE_FORMAT = 1  # bump when what is stored, or how, changes
 MANIFEST = "manifest.json"
-CACHED_LOSSES = ("kd", "fdd", "codir")
 
 
-@dataclass(frozen=True)
-class OutputSpec:
-    """What a loss reads from the teacher, hence what the store holds."""
-
-    logits: bool = True  # classifier logits, one row per example
-    hidden_layers: tuple[int, ...] = ()  # teacher layers (0 = embeddings) whose states are read
-    tokens: str = "all"  # "all": every real token; "cls": the first token
-    pooling: str | None = None  # "mean"/"cls": hidden states pooled per example (codir)
-    top_k: int | None = None  # causal LMs: top-k log-probs per response token + tail
-    temperature: float = 1.0  # causal LMs: the distribution the top-k is taken from
+OutputSpec = TeacherReads  # what the store holds for a loss: what the loss declares it reads
 
 
 def output_spec(cfg, loss) -> OutputSpec | None:
-    """The outputs `loss` reads under `teacher.outputs=cached` (None when live, or when the loss
-    reads no teacher); raises, naming loss and setting, when the cache cannot hold them."""
+    """The outputs `loss` reads under `teacher.outputs=cached`, as the loss declares them
+    (`DistillationLoss.cached_teacher_reads`); None when live, or when the loss reads no teacher.
+    A loss whose reads the store cannot hold raises, naming itself and the setting."""
     mode = cfg.teacher.get("outputs", "live")
     if mode not in OUTPUT_MODES:
         raise ValueError(f"teacher.outputs={mode!r} is not one of {list(OUTPUT_MODES)}")
     if mode == "live" or not loss.needs_teacher:
         return None
-    if loss.name not in CACHED_LOSSES:
-        raise ValueError(
-            f"teacher.outputs=cached stores what {list(CACHED_LOSSES)} read; loss {loss.name!r} is not one of "
-            f"them: use teacher.outputs=live"
-        )
-    teacher_layers = tuple(sorted({t for _, t in getattr(loss, "layer_pairs", ())}))
-    if loss.is_causal_lm:
-        if loss.name != "kd":
-            raise ValueError(
-                f"loss={loss.name} (space={getattr(loss, 'space', None)}) decodes every mapped teacher layer over the "
-                f"vocabulary, which teacher.outputs=cached does not store (it holds top-k log-probabilities of the "
-                f"last layer): use teacher.outputs=live, or loss=kd"
-            )
-        top_k = cfg.teacher.get("cache_top_k")
-        if not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"teacher.cache_top_k={top_k!r} must be a positive integer with teacher.outputs=cached")
-        return OutputSpec(logits=False, top_k=top_k, temperature=float(loss.temperature))
-    if loss.name == "kd":
-        return OutputSpec()
-    if loss.name == "codir":
-        return OutputSpec(hidden_layers=teacher_layers, pooling=loss.pooling)
-    tokens = "cls" if loss.space == "head" else loss.tokens
-    return OutputSpec(hidden_layers=teacher_layers, tokens=tokens)
+    return loss.cached_teacher_reads(cfg.teacher.get("cache_top_k"))
 
 
 def tokens_fingerprint(train_set) -> str:
