@@ -140,7 +140,11 @@ def test_hybrid_with_the_same_vocabulary_is_forward_kl_on_every_token(permuted):
 def test_hybrid_splits_matched_and_unmatched_ids():
     student, teacher, _, _, ids, teacher_ids = batch_tensors()
     pairs = VocabMap(torch.tensor([0, 2, 3]), torch.tensor([4, 0, 1]), 5, 7, "plain", "plain")
-    terms = run_uld(student, teacher, ids, teacher_ids, STUDENT_GROUPS, TEACHER_GROUPS, mode="hybrid", pairs=pairs)
+    student.requires_grad_()
+    terms = run_uld(student, teacher, ids, teacher_ids, STUDENT_GROUPS, TEACHER_GROUPS, chunk_size=2, mode="hybrid",
+                    pairs=pairs)
+    (grad,) = torch.autograd.grad(terms["uld"], student)
+    student = student.detach().clone().requires_grad_()
     s_groups, t_groups = groups_of(STUDENT_GROUPS), groups_of(TEACHER_GROUPS)
     matched, rest = [], []
     for example in range(2):
@@ -156,7 +160,9 @@ def test_hybrid_splits_matched_and_unmatched_ids():
     expected_matched, expected_rest = torch.stack(matched).mean(), torch.stack(rest).mean()
     assert terms["uld_matched"].item() == pytest.approx(expected_matched.item(), rel=1e-10)
     assert terms["uld_sorted"].item() == pytest.approx(expected_rest.item(), rel=1e-10)
-    assert terms["uld"].item() == pytest.approx((3 / 5 * expected_matched + 2 / 5 * expected_rest).item(), rel=1e-10)
+    expected = 3 / 5 * expected_matched + 2 / 5 * expected_rest
+    assert terms["uld"].item() == pytest.approx(expected.item(), rel=1e-10)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected, student)[0], rtol=1e-9, atol=1e-12)
 
 
 def causal_context(tokenizers=()):

@@ -110,13 +110,63 @@ def group_side(logits: torch.Tensor, input_ids: torch.Tensor, groups: torch.Tens
     return GroupedSide(rows, log_scale, first.nonzero()[:, 0])
 
 
-def sorted_l1(student_probs: torch.Tensor, teacher_probs: torch.Tensor) -> torch.Tensor:
-    """Per row, sum_i |sort(p_S)_i - sort(p_T)_i| with the shorter vector zero-padded: (N, V_S), (N, V_T) -> (N,)."""
-    student_sorted = student_probs.sort(dim=-1, descending=True).values
-    teacher_sorted = teacher_probs.sort(dim=-1, descending=True).values
-    shared = min(student_sorted.shape[-1], teacher_sorted.shape[-1])
-    head = (student_sorted[:, :shared] - teacher_sorted[:, :shared]).abs().sum(-1)
-    return head + student_sorted[:, shared:].sum(-1) + teacher_sorted[:, shared:].sum(-1)
+class SortedL1(torch.autograd.Function):
+    """`sum_r w_r * sum_i |sort(p_S,r)_i - sort(p_T,r)_i|`, the shorter row zero-padded, with
+    p = softmax(z / T) * exp(scale) restricted to `student_columns` / `teacher_columns` (None: all).
+
+    Sorting a vocabulary-wide row is ULD's cost (about 9 ms per 30k-wide row on one CPU thread,
+    ten times the softmax). Autograd through `sort` under the chunks' activation checkpointing would
+    sort each student row twice and keep nothing small; this function sorts each row once, in
+    chunks, and keeps per student entry only the sign of its sorted difference (int8, N x V bytes):
+    d/dp_i = w * sign(sort(p_S)_r - sort(p_T)_r) at the rank r of entry i (sign(p_i) past the
+    shorter vocabulary), then through p = c * softmax(z / T): d/dz_j = p_j (g_j - <g, s>) / T and
+    d/dlog c = <g, p>, recomputing the softmax chunk by chunk. The teacher gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, student_rows, student_scale, teacher_rows, teacher_scale, weights, temperature,
+                student_columns, teacher_columns, chunk_size):
+        total = student_rows.new_zeros((), dtype=at_least_fp32(student_rows[:0]).dtype)
+        width = student_rows.shape[-1] if student_columns is None else student_columns.numel()
+        signs = torch.empty(student_rows.shape[0], width, dtype=torch.int8, device=student_rows.device)
+        for start in range(0, student_rows.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            student_probs = _probabilities(student_rows[rows], student_scale[rows], temperature, student_columns)
+            teacher_probs = _probabilities(teacher_rows[rows], teacher_scale[rows], temperature, teacher_columns)
+            student_sorted, order = student_probs.sort(dim=-1, descending=True)
+            teacher_sorted = teacher_probs.sort(dim=-1, descending=True).values
+            shared = min(student_sorted.shape[-1], teacher_sorted.shape[-1])
+            difference = student_sorted[:, :shared] - teacher_sorted[:, :shared]
+            distance = difference.abs().sum(-1) + student_sorted[:, shared:].sum(-1) + teacher_sorted[:, shared:].sum(-1)
+            total = total + (distance * weights[rows]).sum()
+            sorted_signs = torch.cat([difference.sign(), student_sorted[:, shared:].sign()], dim=-1).to(torch.int8)
+            signs[rows] = torch.empty_like(sorted_signs).scatter_(-1, order, sorted_signs)
+        ctx.save_for_backward(student_rows, student_scale, weights, signs,
+                              *(() if student_columns is None else (student_columns,)))
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        student_rows, student_scale, weights, signs, *columns = ctx.saved_tensors
+        columns = columns[0] if columns else None
+        grad_rows, grad_scale = torch.empty_like(student_rows), torch.empty_like(student_scale)
+        for start in range(0, student_rows.shape[0], ctx.chunk_size):
+            rows = slice(start, start + ctx.chunk_size)
+            softmax = F.softmax(at_least_fp32(student_rows[rows]) / ctx.temperature, dim=-1)  # (N_c, V)
+            probs = softmax * student_scale[rows].exp()[:, None]
+            upstream = signs[rows].to(softmax.dtype) * (weights[rows] * grad_total)[:, None]  # (N_c, V or |cols|)
+            if columns is not None:
+                upstream = softmax.new_zeros(softmax.shape).index_copy_(-1, columns, upstream)
+            grad_rows[rows] = (probs * (upstream - (upstream * softmax).sum(-1, keepdim=True)) / ctx.temperature).to(grad_rows.dtype)
+            grad_scale[rows] = (upstream * probs).sum(-1).to(grad_scale.dtype)
+        return grad_rows, grad_scale, None, None, None, None, None, None, None
+
+
+def _probabilities(rows: torch.Tensor, log_scale: torch.Tensor, temperature: float, columns: torch.Tensor | None):
+    """softmax(z / T) * exp(scale) per row, restricted to `columns` (None: all): (N, V) -> (N, V or |columns|)."""
+    probs = (F.log_softmax(at_least_fp32(rows) / temperature, dim=-1) + log_scale[:, None]).exp()
+    return probs if columns is None else probs[:, columns]
 
 
 def example_mean_weights(example: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -152,35 +202,37 @@ def uld_distance(
     else:
         weights = example_mean_weights(student.example, batch_size).to(student.rows.device, precision)
 
-    def probabilities(rows, log_scale):
-        return (F.log_softmax(at_least_fp32(rows) / temperature, dim=-1) + log_scale[:, None]).exp()  # (N_c, V)
+    device = student.rows.device
+    teacher_rows, teacher_scale = teacher.rows.detach(), teacher.log_scale.detach()
+    if mode == "sorted":
+        return {"uld": SortedL1.apply(student.rows, student.log_scale, teacher_rows, teacher_scale, weights,
+                                      temperature, None, None, chunk_size)}
+    if mode == "same_family":
+        student_ids = teacher_ids = torch.arange(shared_ids, device=device)
+    else:
+        student_ids, teacher_ids = pairs.student_ids.to(device), pairs.teacher_ids.to(device)
 
-    def per_chunk(student_rows, student_scale, teacher_rows, teacher_scale, chunk_weights):
-        if mode == "same_family":
-            student_log = F.log_softmax(at_least_fp32(student_rows[:, :shared_ids]) / temperature, dim=-1)
-            teacher_log = F.log_softmax(at_least_fp32(teacher_rows[:, :shared_ids]) / temperature, dim=-1)
-            return (temperature**2 * token_divergence(teacher_log, student_log, divergence, skew) * chunk_weights).sum()[None]
-        student_probs = probabilities(student_rows, student_scale)  # (N_c, V_S)
-        teacher_probs = probabilities(teacher_rows, teacher_scale)  # (N_c, V_T)
-        if mode == "sorted":
-            return (sorted_l1(student_probs, teacher_probs) * chunk_weights).sum()[None]
-        student_ids, teacher_ids = pairs.student_ids.to(student_rows.device), pairs.teacher_ids.to(student_rows.device)
+    def matched_chunk(student_rows, teacher_rows, chunk_weights):
         student_log = F.log_softmax(at_least_fp32(student_rows[:, student_ids]) / temperature, dim=-1)  # (N_c, M)
         teacher_log = F.log_softmax(at_least_fp32(teacher_rows[:, teacher_ids]) / temperature, dim=-1)  # (N_c, M)
-        matched = temperature**2 * token_divergence(teacher_log, student_log, divergence, skew)  # (N_c,)
-        student_rest = torch.ones(student_probs.shape[-1], dtype=torch.bool, device=student_rows.device)
-        teacher_rest = torch.ones(teacher_probs.shape[-1], dtype=torch.bool, device=student_rows.device)
-        student_rest[student_ids], teacher_rest[teacher_ids] = False, False
-        rest = sorted_l1(student_probs[:, student_rest], teacher_probs[:, teacher_rest])  # (N_c,)
-        return torch.stack([(matched * chunk_weights).sum(), (rest * chunk_weights).sum()])
+        return (temperature**2 * token_divergence(teacher_log, student_log, divergence, skew) * chunk_weights).sum()
 
-    tensors = (student.rows, student.log_scale, teacher.rows.detach(), teacher.log_scale.detach(), weights)
-    total = chunked_sum(per_chunk, tensors, chunk_size)
-    if mode != "hybrid":
-        return {"uld": total[0]}
-    matched_weight = pairs.size / teacher.rows.shape[-1]
-    return {"uld": matched_weight * total[0] + (1.0 - matched_weight) * total[1],
-            "uld_matched": total[0], "uld_sorted": total[1]}
+    matched = chunked_sum(matched_chunk, (student.rows, teacher_rows, weights), chunk_size)
+    if mode == "same_family":
+        return {"uld": matched}
+    student_rest = _complement(student_ids, student.rows.shape[-1])
+    teacher_rest = _complement(teacher_ids, teacher_rows.shape[-1])
+    rest = SortedL1.apply(student.rows, student.log_scale, teacher_rows, teacher_scale, weights, temperature,
+                          student_rest, teacher_rest, chunk_size)
+    matched_weight = pairs.size / teacher_rows.shape[-1]
+    return {"uld": matched_weight * matched + (1.0 - matched_weight) * rest, "uld_matched": matched, "uld_sorted": rest}
+
+
+def _complement(ids: torch.Tensor, size: int) -> torch.Tensor:
+    """The ids in 0..size-1 not in `ids`, ascending."""
+    keep = torch.ones(size, dtype=torch.bool, device=ids.device)
+    keep[ids] = False
+    return keep.nonzero().squeeze(-1)
 
 
 class ULDLoss(DistillationLoss):
