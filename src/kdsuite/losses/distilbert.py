@@ -22,6 +22,8 @@ Choices:
 - Regression (STS-B): the soft term is the MSE between the logits (no temperature), as in `kd`.
 - Widths must be equal (cosine between the two models' states; DistilBERT keeps BERT's width);
   different widths are refused.
+- `teacher.outputs=cached` stores the logits and the teacher's last hidden states, once the run
+  gives the loss the teacher's depth (`LossContext.teacher_architecture`); until then it refuses.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import torch.nn.functional as F
 from kdsuite.losses.base import DistillationLoss, LossContext, check_temperature
 from kdsuite.losses.baselines import check_nonnegative, refuse_causal_lm
 from kdsuite.losses.kd import soft_label_kl
+from kdsuite.losses.teacher_reads import TeacherReads, not_cacheable
 
 
 def cosine_term(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -71,12 +74,25 @@ class DistilBERTLoss(DistillationLoss):
             self.pairs_used = [(context.student_architecture.num_hidden_layers,
                                 context.teacher_architecture.num_hidden_layers)]
 
+    def cached_teacher_reads(self, top_k: int | None = None) -> TeacherReads:
+        """The logits and the teacher's last hidden states at every real token; the last layer's
+        index is the teacher's depth, known when the run gives the loss the teacher's architecture."""
+        if self.pairs_used is None:
+            raise not_cacheable(self.name, "reads the teacher's last hidden states, whose layer index this run does not "
+                                           "give the loss before the teacher is loaded (LossContext.teacher_architecture)")
+        return TeacherReads(hidden_layers=(self.pairs_used[0][1],), tokens="all")
+
+    def bind_models(self, student, teacher) -> None:
+        self.pairs_used = [(student.config.num_hidden_layers, teacher.config.num_hidden_layers)]
+
     def forward(self, student_out, teacher_out, batch) -> dict[str, torch.Tensor]:
         if self.is_regression:
             soft = F.mse_loss(student_out.logits.float(), teacher_out.logits.float())
         else:
             soft = soft_label_kl(student_out.logits, teacher_out.logits, self.temperature)
         task = self.task_loss(student_out.logits, batch["labels"])
-        cos = cosine_term(student_out.hidden_states[-1], teacher_out.hidden_states[-1], batch["attention_mask"])
+        student_layer, teacher_layer = self.pairs_used[0] if self.pairs_used else (-1, -1)
+        cos = cosine_term(student_out.hidden_states[student_layer], teacher_out.hidden_states[teacher_layer],
+                          batch["attention_mask"])
         total = self.alpha_ce * soft + self.alpha_task * task + self.alpha_cos * cos
         return {"kd": soft, "ce": task, "cos": cos, "loss": total}

@@ -48,6 +48,7 @@ from kdsuite.losses.attention import (
 )
 from kdsuite.losses.base import DistillationLoss, LossContext, check_choice
 from kdsuite.losses.baselines import check_nonnegative, refuse_causal_lm
+from kdsuite.losses.teacher_reads import TeacherReads, not_cacheable
 
 VERSIONS = ("v1", "v2")
 LARGE_TEACHER_LAYERS = 24  # MiniLMv2's large-size teachers (BERT_large, RoBERTa_large)
@@ -140,6 +141,10 @@ class MiniLMLoss(DistillationLoss):
             )
         self.teacher_layer, self.student_layer = layer, int(student_arch.num_hidden_layers)
         self.pairs_used = [(self.student_layer, self.teacher_layer)]
+
+    def cached_teacher_reads(self, top_k: int | None = None) -> TeacherReads:
+        raise not_cacheable(self.name, "reads the teacher's query/key/value projections (through forward hooks) to "
+                                       "recompute its attention distributions and relations, which the store does not hold")
 
     def bind_models(self, student, teacher) -> None:
         """Check the layers against the models and hook the q/k/v projections of the two blocks."""

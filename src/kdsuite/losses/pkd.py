@@ -34,6 +34,8 @@ Choices where paper or code are silent or differ:
 - Student and teacher must have the same width (the paper's students are BERT_base's width);
   different widths are refused rather than projected, as PKD has no projection.
 - No patient pair left (a 1-block student under `uniform`) with beta > 0 is refused.
+- `teacher.outputs=cached` stores the logits and the first token of the patient layers
+  (`cached_teacher_reads`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import torch.nn.functional as F
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.baselines import check_nonnegative, refuse_causal_lm
 from kdsuite.losses.kd import KDLoss
+from kdsuite.losses.teacher_reads import TeacherReads
 from kdsuite.mapping import LayerPairs
 
 
@@ -105,6 +108,12 @@ class PKDLoss(KDLoss):
                 f"use mapping=skip or mapping=last, a deeper student, or loss.beta=0"
             )
         self.pairs_used = self.layer_pairs = pairs
+
+    def cached_teacher_reads(self, top_k: int | None = None) -> TeacherReads:
+        """The logits and the first token of the patient pairs' teacher layers (all the mapped
+        pairs' layers while the teacher's depth is not known yet: a superset of the ones used)."""
+        pairs = self.mapped_pairs if self.pairs_used is None else self.pairs_used
+        return TeacherReads(hidden_layers=tuple(sorted({t for _, t in pairs})), tokens="cls")
 
     def bind_models(self, student, teacher) -> None:
         if self.pairs_used is None:  # the context had no teacher architecture: read the model's

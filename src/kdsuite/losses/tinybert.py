@@ -57,6 +57,7 @@ from torch import nn
 from kdsuite.losses.attention import ProjectionCapture, gradient_anchor, scaled_dot_products
 from kdsuite.losses.base import DistillationLoss, LossContext, check_choice, check_temperature
 from kdsuite.losses.baselines import check_nonnegative, refuse_causal_lm
+from kdsuite.losses.teacher_reads import TeacherReads, not_cacheable
 from kdsuite.mapping import LayerPairs
 
 STAGES = ("intermediate", "prediction", "both")
@@ -140,6 +141,10 @@ class TinyBERTLoss(DistillationLoss):
         self.embedding_projection = learned_projection(context.student_hidden_size, context.teacher_hidden_size)  # W_e
         self.register_buffer("calls", torch.zeros((), dtype=torch.long))  # training calls so far
         self._captures: tuple[ProjectionCapture, ProjectionCapture] | None = None
+
+    def cached_teacher_reads(self, top_k: int | None = None) -> TeacherReads:
+        raise not_cacheable(self.name, "reads the teacher's query/key/value projections (through forward hooks) to "
+                                       "recompute its per-head attention scores, which the store does not hold")
 
     def bind_models(self, student, teacher) -> None:
         """Hook the query/key projections of the mapped blocks of both models."""
