@@ -62,7 +62,7 @@ def shuffled_wordpiece(tokenizer):
 
 
 def examples(count: int) -> list[instructions.Instruction]:
-    words = "the quick brown fox jumps over a lazy dog while seven wizards quietly judge boxing matches".split()
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards", "quietly", "judge", "boxing", "matches"]
     rng = random.Random(1)
     return [instructions.Instruction(f"Write about {rng.choice(words)}.", "",
                                      " ".join(rng.choice(words) for _ in range(60))) for _ in range(count)]
@@ -143,7 +143,7 @@ def main() -> None:
     times = {name: {"step": [], "loss": []} for name in variants}
     for repeat in range(args.steps + 1):
         for name in variants:
-            step_time, loss_time = time_it(lambda: step(name)), time_it(lambda: loss_only(name))
+            step_time, loss_time = time_it(lambda name=name: step(name)), time_it(lambda name=name: loss_only(name))
             if repeat:
                 times[name]["step"].append(step_time)
                 times[name]["loss"].append(loss_time)

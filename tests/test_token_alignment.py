@@ -3,9 +3,9 @@ response that starts mid-word, truncation, and two real tokenizers (MiniLM's Wor
 trained here) whose groups always cover the same text."""
 
 import pytest
+from bpe_tokenizer import train_bpe
 from omegaconf import OmegaConf
 
-from bpe_tokenizer import train_bpe
 from kdsuite import models
 from kdsuite.losses.token_alignment import align_spans
 

@@ -7,9 +7,9 @@ import json
 
 import mlflow
 import pytest
+from bpe_tokenizer import train_bpe
 from omegaconf import OmegaConf, open_dict
 
-from bpe_tokenizer import train_bpe
 from kdsuite import models
 from kdsuite.data.run_data import PairCollator
 from kdsuite.losses.uld import ULDLoss

@@ -2,7 +2,6 @@
 group merge, the hybrid reducing to forward KL when the vocabularies are the same up to id order,
 the same-family shortcut equal to kd on the shared ids, and the settings refused."""
 
-import math
 from types import SimpleNamespace
 
 import pytest

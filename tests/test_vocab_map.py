@@ -2,11 +2,17 @@
 same-family case (an extended copy of a vocabulary), and the per-process cache."""
 
 import pytest
+from bpe_tokenizer import train_bpe
 from omegaconf import OmegaConf
 
-from bpe_tokenizer import train_bpe
 from kdsuite import models
-from kdsuite.losses.vocab_map import build_vocab_map, same_family_size, token_text, tokenizer_scheme, vocab_map
+from kdsuite.losses.vocab_map import (
+    build_vocab_map,
+    same_family_size,
+    token_text,
+    tokenizer_scheme,
+    vocab_map,
+)
 
 
 @pytest.fixture(scope="module")

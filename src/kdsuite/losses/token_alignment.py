@@ -20,8 +20,8 @@ Choices where GOLD is silent or differs:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 Span = tuple[int, int]  # [start, end) in characters of the shared text
 

@@ -47,9 +47,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdsuite.losses.base import DistillationLoss, LossContext, check_choice, check_temperature, check_weight
+from kdsuite.losses.base import (
+    DistillationLoss,
+    LossContext,
+    check_choice,
+    check_temperature,
+    check_weight,
+)
 from kdsuite.losses.kd import check_divergence
-from kdsuite.losses.tokens import IGNORE_INDEX, at_least_fp32, chunked_sum, response_token_ce, token_divergence
+from kdsuite.losses.tokens import (
+    IGNORE_INDEX,
+    at_least_fp32,
+    chunked_sum,
+    response_token_ce,
+    token_divergence,
+)
 from kdsuite.losses.vocab_map import VocabMap, vocab_map
 
 log = logging.getLogger(__name__)

@@ -89,7 +89,7 @@ def tokenizer_scheme(tokenizer) -> tuple[str, str]:
             return "metaspace", ""
         return "plain", ""
     pieces = list(tokenizer.get_vocab())
-    share = lambda marker: sum(marker in piece for piece in pieces) / max(len(pieces), 1)  # noqa: E731
+    share = lambda marker: sum(marker in piece for piece in pieces) / max(len(pieces), 1)
     if share("##") > 0.05:
         return "wordpiece", "##"
     if share("Ġ") > 0.05:
