@@ -320,15 +320,24 @@ def summary_line(run_name: str, metric_names, metrics: dict[str, float], teacher
 
 
 class ResumedFromStep(TrainerCallback):
-    """Tag `resumed_from_step` once the Trainer has loaded the checkpoint (weights, optimizer,
-    scheduler and trainer state are loaded before `on_train_begin`), not when the resume is planned."""
+    """Tag `resumed_from_step` once the Trainer has loaded the checkpoint: at the first step it
+    takes after loading weights, optimizer, scheduler, trainer state and RNG states (or at the end
+    of training when no step was left), not when the resume is planned."""
 
     def __init__(self, step: int):
         self.step = step
+        self.tagged = False
 
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero and mlflow.active_run() is not None:
+    def _tag(self, state) -> None:
+        if not self.tagged and state.is_world_process_zero and mlflow.active_run() is not None:
             mlflow.set_tag("resumed_from_step", str(self.step))
+        self.tagged = True
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._tag(state)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._tag(state)
 
 
 def record_refused_trial(cfg: DictConfig, error: BaseException) -> None:
