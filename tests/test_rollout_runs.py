@@ -1,8 +1,8 @@
 """Rollout sources end to end on the tiny causal models: `rollout=student lambda=1` trains only on
 the student's samples (hooks on `generate` and on the loss), `lambda=0` gives the `dataset`
 source's weights bitwise after a step, `rollout=teacher` generates once and later runs (with
-`teacher.outputs=cached` too) read the store, the cost is logged, and bad settings fail before any
-work, naming the key."""
+`teacher.outputs=cached` too) read the store, fdd's logit lens trains on samples under the JSD, the
+cost is logged, and bad settings fail before any work, naming the key."""
 
 import json
 
@@ -168,3 +168,18 @@ def test_student_rollout_on_a_glue_task_fails_before_any_work(make_config, glue_
     cfg = make_config(*TINY_RUN, "rollout=student")
     with pytest.raises(ValueError, match="rollout=student generates responses; task 'rte' trains sequence classif"):
         train(cfg)
+
+
+@pytest.mark.slow(seconds=20)
+def test_fdd_logit_lens_trains_on_student_samples_with_the_jsd(make_config, dolly_jsonl, monkeypatch):
+    """A feature loss on the student's own text, which no paper runs: every term is computed on samples."""
+    generated = spy_on(monkeypatch, sources, "sample_responses")
+    cfg = make_config(*FAST, f"dataset.path={dolly_jsonl}", "loss=fdd", "mapping=fdd_uniform", "rollout=student",
+                      "rollout.lambda=1", SHORT, "loss.divergence=jsd", "loss.beta=0.3", "trainer.max_steps=2",
+                      "trainer.logging_steps=1")
+    train(cfg)
+    assert len(generated) == 2
+    client, [run] = student_runs(cfg)
+    assert run.info.status == "FINISHED" and run.data.params["loss.beta"] == "0.3"
+    for term in ("kd", "traj", "delta"):
+        assert [p.step for p in client.get_metric_history(run.info.run_id, f"train/{term}")] == [1, 2], term
