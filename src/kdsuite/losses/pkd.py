@@ -11,8 +11,9 @@ Patient pairs: the layer mapping without any pair that holds the teacher's top b
 teacher's last layer speaks through its logits, which L_DS already matches, so the paper never
 pairs it: PKD-Skip is `mapping=skip` (12 -> 6: teacher blocks 2, 4, 6, 8, 10) and PKD-Last is
 `mapping=last` (7..11); the default `uniform` mapping includes (L_S, L_T), which is dropped here.
-The pairs used are `pairs_used` (and `layer_pairs`), which the run records in the `layer_pairs`
-tag where the assembly gives the loss the teacher's architecture (else the mapping's pairs).
+The pairs used are `pairs_used` (and `layer_pairs`): known at construction when the context
+gives the teacher's architecture, else when the models are bound. The run's `layer_pairs` MLflow
+tag is the mapping's until the run records `pairs_used` there.
 
 Scale of beta: the official code (intersun/PKD-for-BERT-Model-Compression, src/KD_loss.py,
 `patience_loss`) stacks the normalised vectors to (B, K, d) and takes `F.mse_loss`, the mean over
