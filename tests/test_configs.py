@@ -17,7 +17,8 @@ OPTIONS = [
     for path in sorted((CONF / group).glob("*.yaml"))
     if not path.stem.startswith("_")
 ]
-EXTRA = {"mapping": {"custom": ["mapping.pairs=[[1,3],[2,6]]"]}, "loss": {"uld": ["dataset=dolly"]}}  # uld: causal only
+EXTRA = {"mapping": {"custom": ["mapping.pairs=[[1,3],[2,6]]"]},
+         "loss": {name: ["dataset=dolly"] for name in ("uld", "gkd", "distillm")}}  # causal-only divergences
 
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS)
