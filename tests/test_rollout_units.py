@@ -177,3 +177,14 @@ def test_every_rollout_option_composes_and_the_sweep_preset_searches_lambda_beta
                       return_hydra_config=True)
     assert set(cfg.hydra.sweeper.params) == {"rollout.lambda", "loss.beta", "loss.temperature"}
     assert cfg.rollout.source == "student" and cfg.loss.divergence == "jsd"
+
+
+def test_checkpoint_files_name_the_rollout_state_of_every_process():
+    from omegaconf import OmegaConf
+
+    from kdsuite.rollout import checkpoint_files
+
+    assert checkpoint_files(OmegaConf.create({"rollout": {"source": "dataset"}}), 2) == ()
+    adaptive = OmegaConf.create({"rollout": {"source": "adaptive"}})
+    assert checkpoint_files(adaptive) == ("rollout_state.pt",)
+    assert checkpoint_files(adaptive, 3) == ("rollout_state.pt", "rollout_state_1.pt", "rollout_state_2.pt")

@@ -27,6 +27,15 @@ def build_source(cfg, task, loss_class, tokenizer) -> RolloutSource | None:
     return SOURCE_CLASSES[settings.source](settings, tokenizer.pad_token_id, tokenizer.eos_token_id, int(cfg.seed))
 
 
+def checkpoint_files(cfg, world_size: int = 1) -> tuple[str, ...]:
+    """The files a checkpoint of this run must hold besides the Trainer's: the rollout source's
+    state, one per process (`rollout_state.pt`, then `rollout_state_<rank>.pt`); none for
+    `rollout=dataset`. For `run_folder.checkpoint_to_resume(..., extra_files=...)`."""
+    if rollout_settings(cfg.get("rollout")).source == "dataset":
+        return ()
+    return tuple(state_file_name(rank) for rank in range(world_size))
+
+
 def prepare_data(run, teacher) -> None:
     """With `rollout=teacher`, replace the run's training responses by the teacher's (stored once)."""
     if run.rollout is not None and run.rollout.settings.source == "teacher":
@@ -35,5 +44,5 @@ def prepare_data(run, teacher) -> None:
         run.data.train_set = teacher_train_set(run, teacher, run.rollout.settings)
 
 
-__all__ = ["RolloutSettings", "RolloutSource", "STATE_FILE", "build_source", "prepare_data", "rollout_settings",
-           "state_file_name"]
+__all__ = ["RolloutSettings", "RolloutSource", "STATE_FILE", "build_source", "checkpoint_files", "prepare_data",
+           "rollout_settings", "state_file_name"]
