@@ -15,6 +15,7 @@ from kdsuite.data.run_data import PairCollator
 from kdsuite.losses.uld import ULDLoss
 from kdsuite.run import train
 from kdsuite.run.assembly import build_run
+from kdsuite.run.teacher_cache import cache_entry
 
 pytestmark = pytest.mark.e2e
 
@@ -49,13 +50,7 @@ def student_runs(cfg):
 def test_uld_across_tokenizers_trains_and_logs_its_terms(make_config, dolly_jsonl, bpe_folder):
     data = [f"dataset.path={dolly_jsonl}", *FAST]
     cross = [*data, "loss=uld", "loss.hybrid=true", f"student.tokenizer={bpe_folder}"]
-    with pytest.raises(ValueError, match="reads its teacher from the cache, whose entry .* is empty"):
-        build_run(make_config(*cross))
-    train(make_config(*data, "loss=kd", "loss.temperature=1"))  # caches the teacher on its own tokenizer
-
-    cfg = make_config(*cross)
-    with open_dict(cfg):
-        cfg.output_dir = str(bpe_folder.parent / "uld_out")  # the kd run above owns the default folder
+    cfg = make_config(*cross)  # the teacher is fine-tuned here, on its own tokenization of the data
     run = build_run(cfg)
     assert len(run.tokenizer) == 300 and run.student_architecture.vocab_size == 300
     assert run.loss.mode(True) == "hybrid" and run.loss.pairs.size > 0
@@ -69,6 +64,10 @@ def test_uld_across_tokenizers_trains_and_logs_its_terms(make_config, dolly_json
 
     train(cfg)
     client, runs = student_runs(cfg)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    [teacher_run] = client.search_runs([experiment.experiment_id], "tags.role = 'teacher'")
+    assert teacher_run.info.status == "FINISHED"  # fine-tuned and scored in its own tokenization
+    assert (cache_entry(cfg).path / "kdsuite_teacher.json").is_file()
     uld_run = next(r for r in runs if r.data.params.get("loss._target_") == "kdsuite.losses.uld.ULDLoss")
     assert uld_run.info.status == "FINISHED" and "final/rougeL" in uld_run.data.metrics
     for term in ("ce", "uld", "uld_matched", "uld_sorted", "align_coverage", "aligned_frac"):

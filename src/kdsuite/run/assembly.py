@@ -54,6 +54,7 @@ class Run:
     resume_from: Path | None  # the checkpoint a `resume=true` run continues from
     teacher_entry: teacher_cache.CacheEntry  # where the fine-tuned teacher is cached, and its key
     teacher_outputs: teacher_outputs.TeacherOutputStore | None = None  # set once built (teacher.outputs=cached)
+    teacher_tokenizer: object | None = None  # the teacher's, where the student has its own (loss=uld)
     rollout: rollout.RolloutSource | None = None  # whose text a step trains on (None: the data's)
 
     @property
@@ -88,8 +89,8 @@ def load_tokenizer(cfg: DictConfig, task, teacher_architecture: PretrainedConfig
     """(the student's tokenizer, the teacher's): one object, the teacher's, unless the student has
     its own (`student.tokenizer`, or a pretrained student's that differs). Only a loss that declares
     `allows_other_tokenizer` (loss=uld) accepts that, on the causal-LM track, after its own checks
-    of the pair and with the teacher already cached (its fine-tune and scoring read the run's data in
-    one tokenization); every other loss refuses it here, before any work."""
+    of the pair (the teacher's fine-tune and scoring then read the data in its own tokenization,
+    `teacher_view`); every other loss refuses it here, before any work."""
     from hydra.utils import get_class
 
     tokenizer = models.load_tokenizer(cfg.teacher)
@@ -115,14 +116,6 @@ def load_tokenizer(cfg: DictConfig, task, teacher_architecture: PretrainedConfig
         raise ValueError(f"rollout.source={source!r} trains on generated text, which a run across tokenizers "
                          f"(student {student_tokenizer.name_or_path!r}, teacher {tokenizer.name_or_path!r}) "
                          f"cannot tokenize for both models: use rollout=dataset")
-    entry = teacher_cache.cache_entry(cfg)
-    if not (entry.path / teacher_cache.META_FILE).is_file():
-        raise ValueError(
-            f"student tokenizer {student_tokenizer.name_or_path!r} differs from teacher {cfg.teacher.name!r}'s "
-            f"{tokenizer.name_or_path!r}: a run across tokenizers reads its teacher from the cache, whose entry "
-            f"{entry.path} is empty. Fill it with a run on the teacher's tokenizer first (the same teacher and "
-            f"dataset with loss=kd student.tokenizer=null), then run this again"
-        )
     return student_tokenizer, tokenizer
 
 
@@ -187,7 +180,18 @@ def build_run(cfg: DictConfig) -> Run:
                                                  labels_are_placeholders=False))
     return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, loss, run_data, student_args,
                teacher_args, out_dir, identity, resume_from, teacher_cache.cache_entry(cfg, digests),
-               rollout=rollout_source)
+               rollout=rollout_source, teacher_tokenizer=teacher_tokenizer if teacher_tokenizer is not tokenizer else None)
+
+
+def teacher_view(run: Run) -> Run:
+    """The run as its teacher's fine-tune and scoring see it: in the teacher's tokenization. The same
+    run where both models share a tokenizer; across tokenizers (loss=uld), the run's data made anew
+    with the teacher's tokenizer alone (same rows, so the same cache entry as a same-tokenizer run)."""
+    if run.teacher_tokenizer is None:
+        return run
+    data = load_run_data(run.cfg, run.task, run.teacher_tokenizer)
+    data.digests = run.data.digests
+    return dataclasses.replace(run, tokenizer=run.teacher_tokenizer, data=data, teacher_tokenizer=None)
 
 
 def build_student(run: Run, teacher: PreTrainedModel | None) -> PreTrainedModel:

@@ -24,7 +24,7 @@ from kdsuite.generation import evaluate_generation
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.ce import CELoss
 from kdsuite.run import run_folder, teacher_cache, teacher_outputs, tracking
-from kdsuite.run.assembly import Run, build_run, build_student, build_trainer
+from kdsuite.run.assembly import Run, build_run, build_student, build_trainer, teacher_view
 from kdsuite.run.pruning import pruning_callbacks
 from kdsuite.run.settings import check_settings
 from kdsuite.run.store_check import check_store
@@ -62,25 +62,27 @@ def prepare_teacher(run: Run) -> teacher_cache.FineTunedTeacher:
     """The fine-tuned teacher from the cache, or fine-tuned now in a `role=teacher` MLflow run.
 
     `teacher.finetune: null` uses the teacher as it comes (an instruction-tuned model): its run only
-    scores it, and the cache keeps it under its own key."""
+    scores it, and the cache keeps it under its own key. A student with its own tokenizer does not
+    change this: the teacher is trained and scored on the data in its own tokenization."""
     cfg = run.cfg
     entry = run.teacher_entry
     finetune_settings = cfg.teacher.get("finetune")
 
     def finetune(trainer_dir: Path):
+        seen = teacher_view(run)
         run_name = f"teacher-{cfg.teacher.name}-{cfg.dataset.name}"
         tags = {**tracking.teacher_tags(cfg), "finetuned": str(finetune_settings is not None)}
         with tracking.tracked_run(run_name, tags) as mlflow_run:
             tracking.log_cache_key(entry.key)
             set_seed(cfg.seed if finetune_settings is None else finetune_settings.get("seed", cfg.seed))
-            model = models.load_pretrained_teacher(cfg.teacher, run.task)
-            run.teacher_args.output_dir = str(trainer_dir)
-            trainer = build_trainer(run, model, CELoss(LossContext(run.task)), None, run.teacher_args,
+            model = models.load_pretrained_teacher(cfg.teacher, seen.task)
+            seen.teacher_args.output_dir = str(trainer_dir)
+            trainer = build_trainer(seen, model, CELoss(LossContext(seen.task)), None, seen.teacher_args,
                                     [tracking.MlflowMetricsCallback()])
-            metrics = fit(run, trainer, train_model=finetune_settings is not None)
-            tracking.log_final(run.task.main_metric, metrics)
+            metrics = fit(seen, trainer, train_model=finetune_settings is not None)
+            tracking.log_final(seen.task.main_metric, metrics)
         log.info("teacher %s on %s: dev %s", cfg.teacher.name, cfg.dataset.name, metrics)
-        return model, run.tokenizer, metrics, mlflow_run.info.run_id
+        return model, seen.tokenizer, metrics, mlflow_run.info.run_id
 
     return teacher_cache.get_or_finetune(entry, models.auto_model_class(run.task), finetune)
 
