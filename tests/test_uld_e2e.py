@@ -8,7 +8,7 @@ import json
 import mlflow
 import pytest
 from bpe_tokenizer import train_bpe
-from omegaconf import OmegaConf, open_dict
+from omegaconf import OmegaConf
 
 from kdsuite import models
 from kdsuite.data.run_data import PairCollator
