@@ -18,13 +18,13 @@ import shutil
 from pathlib import Path
 
 import torch
-from accelerate.state import AcceleratorState
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from kdsuite.distributed import all_reduce_sum, cpu_only_launch
 from kdsuite.host_memory import keep_freed_memory_in_heap
 from kdsuite.losses.base import DistillationLoss
+from kdsuite.private_api import checkpoints_written_to, reset_accelerator_state
 from kdsuite.signals import deferred_signals
 
 MODEL_INPUT_KEYS = ("input_ids", "attention_mask", "token_type_ids")
@@ -98,7 +98,7 @@ class DistillationTrainer(Trainer):
         # one process builds several Trainers: the teacher's fine-tune, then the student (on a CPU the
         # former in fp32, the latter perhaps in bf16), or a sweep worker's successive trials. Each
         # Trainer is set up from its own arguments; the process group (PartialState) is kept.
-        AcceleratorState._reset_state(reset_partial_state=False)
+        reset_accelerator_state()
         super().__init__(*args, **kwargs)
         if self.args.device.type == "cpu":  # each step would otherwise fault in its memory anew
             keep_freed_memory_in_heap()
@@ -195,11 +195,8 @@ class DistillationTrainer(Trainer):
             if self.args.should_save:
                 shutil.rmtree(staging, ignore_errors=True)
             self.accelerator.wait_for_everyone()
-            self._get_output_dir = lambda trial=None: str(staging)  # the instance attribute shadows the method
-            try:
+            with checkpoints_written_to(self, str(staging)):
                 super()._save_checkpoint(model, trial)
-            finally:
-                del self._get_output_dir
             self.accelerator.wait_for_everyone()  # every rank has written its part (RNG states)
             if self.args.should_save:
                 shutil.rmtree(run_dir / name, ignore_errors=True)  # the same step saved again after a resume

@@ -23,6 +23,8 @@ from contextlib import contextmanager
 
 import optuna
 
+from kdsuite.private_api import optuna_trial_id
+
 log = logging.getLogger(__name__)
 
 # Silence for this many intervals makes a trial stale. A heartbeat write that waits out a busy
@@ -50,7 +52,7 @@ class TrialHeartbeats:
 
     def __init__(self, storage, trials: list[optuna.Trial]):
         self.storage = storage
-        self.trial_ids = [trial._trial_id for trial in trials]
+        self.trial_ids = [optuna_trial_id(trial) for trial in trials]
         self.interval = storage.get_heartbeat_interval() if storage is not None else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -54,6 +54,7 @@ from hydra_plugins.kdsuite_optuna_sweeper.heartbeat import (
 from hydra_plugins.kdsuite_optuna_sweeper.sampling import TrialSeededSampler
 from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
 from hydra_plugins.kdsuite_optuna_sweeper.study_identity import StudyIdentity, identify
+from kdsuite.private_api import optuna_trial_id
 from kdsuite.distributed import world_size
 from kdsuite.reports import sweep_report
 from kdsuite.run.optuna_trial import open_storage, trial_overrides
@@ -213,7 +214,7 @@ class KdsuiteOptunaSweeper(Sweeper):
             f"+tracking.tags.optuna_trial={trial.number}",
         ]
         if self.storage:
-            bookkeeping += trial_overrides(self.storage, study_name, trial._trial_id)
+            bookkeeping += trial_overrides(self.storage, study_name, optuna_trial_id(trial))
         return [*fixed, *sampled, *bookkeeping]
 
     @staticmethod

@@ -57,13 +57,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from kdsuite.distributed import all_gather_rows, all_reduce_sum
 from kdsuite.losses.base import LossContext, check_choice
 from kdsuite.losses.kd import KDLoss
 from kdsuite.losses.pooling import POOLINGS, pool
 from kdsuite.losses.teacher_reads import TeacherReads
+from kdsuite.private_api import ddp_ignore
 
 NEGATIVES = ("label_aware", "random")
 OBJECTIVES = ("infonce", "crd_nce")
@@ -264,10 +264,7 @@ class CoDIRLoss(KDLoss):
         """Keep the loss's buffers (banks, draw count, sampler tables) out of DDP's broadcast:
         every rank keeps them equal by itself (see the module docstring)."""
         own = {id(buffer) for buffer in self.buffers()}
-        names = [name for name, buffer in student.named_buffers() if id(buffer) in own]
-        ignored = list(getattr(student, "_ddp_params_and_buffers_to_ignore", []))
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
-            student, ignored + [name for name in names if name not in ignored])
+        ddp_ignore(student, [name for name, buffer in student.named_buffers() if id(buffer) in own])
 
     def draw_negatives(self, global_index: torch.Tensor) -> torch.Tensor:
         """(B_global,) indices of the global batch -> (B_global, K) negatives, from the generator
