@@ -16,7 +16,8 @@ from kdsuite.rollout.settings import RolloutSettings, check_rollout, rollout_set
 from kdsuite.rollout.sources import AdaptiveRollout, StudentRollout
 from kdsuite.tasks import get_task
 
-CONF_DIR = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "conf")
+from conftest import CONF_DIR
+
 
 
 def right_and_left_padded():
@@ -157,7 +158,7 @@ def test_sources_refuse_what_they_cannot_be_combined_with():
 @pytest.mark.parametrize("loss,source", [("gkd", "student"), ("imitkd", "student"), ("seqkd", "teacher"),
                                          ("distillm", "adaptive")])
 def test_presets_compose_with_the_causal_experiments(experiment, loss, source):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={experiment}", f"loss={loss}"])
         assert cfg.rollout.source == source and rollout_settings(cfg.rollout).source == source
         overridden = compose(config_name="config", overrides=[f"experiment={experiment}", f"loss={loss}",
@@ -169,7 +170,7 @@ def test_presets_compose_with_the_causal_experiments(experiment, loss, source):
 
 
 def test_every_rollout_option_composes_and_the_sweep_preset_searches_lambda_beta_and_t():
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for option in ("dataset", "teacher", "student", "adaptive"):
             cfg = compose(config_name="config", overrides=["experiment=causal_smoke", f"rollout={option}"])
             assert rollout_settings(cfg.rollout).source == option
