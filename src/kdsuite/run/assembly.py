@@ -64,14 +64,6 @@ class Run:
         return self.loss.needs_teacher or copies_teacher or bool(self.rollout and self.rollout.needs_teacher_model)
 
 
-def rollout_checkpoint_files(cfg: DictConfig) -> tuple[str, ...]:
-    """The rollout source's state files that every checkpoint of the run must hold (one per
-    process), none for `rollout=dataset`."""
-    if rollout.rollout_settings(cfg.get("rollout")).source == "dataset":
-        return ()
-    return tuple(rollout.state_file_name(rank) for rank in range(distributed.world_size()))
-
-
 def placeholder_labels(task) -> torch.Tensor:
     """Two training labels of the task's kind: enough for a loss to check its settings before
     the real data is loaded."""
@@ -142,7 +134,8 @@ def build_run(cfg: DictConfig) -> Run:
     identity = run_identity(cfg, digests)
     out_dir = run_folder(cfg, identity)
     check_identity(cfg, out_dir, identity)
-    resume_from = checkpoint_to_resume(cfg, out_dir, distributed.world_size(), rollout_checkpoint_files(cfg))
+    world = distributed.world_size()
+    resume_from = checkpoint_to_resume(cfg, out_dir, world, rollout.checkpoint_files(cfg, world))
     student_args = training_arguments(as_settings(cfg.trainer), str(trainer_dir(out_dir)), cfg.seed,
                                       section="trainer")
     finetuned = cfg.teacher.get("finetune") is not None
