@@ -10,11 +10,12 @@ TEACHER = "teacher"  # a teacher fine-tuned (or scored) once per cache entry
 SWEEP = "sweep"  # the parent run of an Optuna study; its trials are student runs
 COMPARISON = "comparison"  # a table built from finished runs (compare_methods, compare_glue.py)
 
-# Tags of a student run.
+# Tags of a student run (a teacher run has ROLE, TEACHER_NAME and DATASET).
 LOSS = "loss"  # the loss family (ce, kd, fdd, ...)
 VARIANT = "variant"  # an ablation's label (fdd_traj: fdd with beta_delta=0); absent on plain runs
 DATASET = "dataset"
-STUDENT_NAME = "student"  # the student's config name (bert2l); also the value of ROLE above
+TEACHER_NAME = "teacher"  # the teacher's config name (minilm); also a value of ROLE above
+STUDENT_NAME = "student"  # the student's config name (bert2l); also a value of ROLE above
 SEED = "seed"
 MAIN_METRIC = "main_metric"  # the name of the task's main metric (accuracy, f1, spearman, rougeL)
 ERROR = "error"  # a FAILED or KILLED run's exception or signal

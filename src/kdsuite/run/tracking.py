@@ -29,6 +29,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 
+from kdsuite import tracking_names as names
 from kdsuite.distributed import is_main_process, on_main_process, world_size
 from kdsuite.run.store_lock import sqlite_lock
 from kdsuite.signals import RunKilled
@@ -150,7 +151,7 @@ def describe_error(error: BaseException) -> str:
 def end_run_with_error(error: BaseException, status: str) -> None:
     """End the active run with `status`, its `error` tag and a `traceback.txt` artifact."""
     try:
-        mlflow.set_tag("error", describe_error(error))
+        mlflow.set_tag(names.ERROR, describe_error(error))
         mlflow.log_text("".join(traceback.format_exception(error)), "traceback.txt")
     finally:
         mlflow.end_run(status)
@@ -186,8 +187,8 @@ def tracked_run(
     )
     try:
         if resume_run_id is not None:
-            if "error" in run.data.tags:  # the interruption it continues from is over
-                mlflow.MlflowClient().delete_tag(resume_run_id, "error")
+            if names.ERROR in run.data.tags:  # the interruption it continues from is over
+                mlflow.MlflowClient().delete_tag(resume_run_id, names.ERROR)
         elif cfg is not None:
             mlflow.log_params(config_params(cfg))
             mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config/config.yaml")
@@ -240,12 +241,12 @@ def student_tags(cfg: DictConfig, loss_name: str, layer_pairs, teacher=None) -> 
     """What a student run is: teacher, student, loss, dataset, seed, layer pairs, the teacher's
     cache folder and MLflow run, and the user's `tracking.tags`."""
     tags = {
-        "role": "student",
-        "teacher": cfg.teacher.name,
-        "student": cfg.student.name,
-        "loss": loss_name,
-        "dataset": cfg.dataset.name,
-        "seed": str(cfg.seed),
+        names.ROLE: names.STUDENT,
+        names.TEACHER_NAME: cfg.teacher.name,
+        names.STUDENT_NAME: cfg.student.name,
+        names.LOSS: loss_name,
+        names.DATASET: cfg.dataset.name,
+        names.SEED: str(cfg.seed),
         "layer_pairs": str(layer_pairs),
         "world_size": str(world_size()),
     }
@@ -256,13 +257,13 @@ def student_tags(cfg: DictConfig, loss_name: str, layer_pairs, teacher=None) -> 
 
 
 def teacher_tags(cfg: DictConfig) -> dict[str, str]:
-    return {"role": "teacher", "teacher": cfg.teacher.name, "dataset": cfg.dataset.name}
+    return {names.ROLE: names.TEACHER, names.TEACHER_NAME: cfg.teacher.name, names.DATASET: cfg.dataset.name}
 
 
 @on_main_process
 def log_teacher_metrics(metrics: dict[str, float]) -> None:
     """The teacher's dev metrics beside the student's, as `teacher/<metric>`."""
-    mlflow.log_metrics({f"teacher/{name}": value for name, value in metrics.items()})
+    mlflow.log_metrics({names.teacher_metric(name): value for name, value in metrics.items()})
 
 
 @on_main_process
@@ -273,7 +274,7 @@ def log_model_size(parameters: int, trainable: int) -> None:
 @on_main_process
 def log_generations(scores: dict[str, float], samples: list[dict]) -> None:
     """ROUGE-L of sampled responses as `final/<name>` and a sample of them as `generations.json`."""
-    mlflow.log_metrics({f"final/{name}": value for name, value in scores.items()})
+    mlflow.log_metrics({names.final(name): value for name, value in scores.items()})
     mlflow.log_dict(samples, "generations.json")
 
 
@@ -281,8 +282,8 @@ def log_final(main_metric: str, metrics: dict[str, float]) -> float:
     """`final_metric` (the task's main metric, a sweep's objective) and the tag naming it."""
     objective = metrics[main_metric]
     if is_main_process():
-        mlflow.log_metric("final_metric", objective)
-        mlflow.set_tag("main_metric", main_metric)
+        mlflow.log_metric(names.FINAL_METRIC, objective)
+        mlflow.set_tag(names.MAIN_METRIC, main_metric)
     return objective
 
 
@@ -299,7 +300,7 @@ def finished_objective(uri: str, run_id: str, experiment: str) -> float | None:
     if (found.info.status != RunStatus.to_string(RunStatus.FINISHED) or found.info.lifecycle_stage != "active"
             or not in_experiment):
         return None
-    return found.data.metrics.get("final_metric")
+    return found.data.metrics.get(names.FINAL_METRIC)
 
 
 @on_main_process
@@ -330,7 +331,7 @@ class ResumedFromStep(TrainerCallback):
 
     def _tag(self, state) -> None:
         if not self.tagged and state.is_world_process_zero and mlflow.active_run() is not None:
-            mlflow.set_tag("resumed_from_step", str(self.step))
+            mlflow.set_tag(names.RESUMED_FROM_STEP, str(self.step))
         self.tagged = True
 
     def on_step_begin(self, args, state, control, **kwargs):
