@@ -163,6 +163,8 @@ def build_run(cfg: DictConfig) -> Run:
         seed=cfg.seed,
         tokenizers=(tokenizer, teacher_tokenizer) if tokenizer is not teacher_tokenizer else (),
         labels_are_placeholders=True,
+        student_architecture=student_arch,
+        teacher_architecture=teacher_arch,
     )
     # every check the loss makes, and teacher.outputs=cached's, before the data is loaded or downloaded
     teacher_outputs.output_spec(cfg, make_loss(context=context))
