@@ -39,7 +39,8 @@ def clocked_run(overrides: list[str], report: Path, launched: float) -> None:
     started = time.time()
     from transformers import TrainerCallback
 
-    from kdsuite.run import job, teacher_outputs
+    from kdsuite.run import job
+    from kdsuite.teacher import outputs as teacher_outputs
     from kdsuite.trainer import DistillationTrainer
 
     imported = time.time()
@@ -92,7 +93,7 @@ def bench_steps(overrides: list[str], steps: int, warmup: int, report: Path) -> 
     sys.path.insert(0, str(REPO / "experiments"))
     from bench_step import prepare, train_step
 
-    from kdsuite.run import teacher_outputs
+    from kdsuite.teacher import outputs as teacher_outputs
     from kdsuite.run.assembly import build_run, build_student, build_trainer
     from kdsuite.run.job import prepare_teacher
 

@@ -50,9 +50,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from kdsuite import models
 from kdsuite.reports.markdown import markdown_table
-from kdsuite.run import teacher_outputs
+from kdsuite.teacher import outputs as teacher_outputs
 from kdsuite.run.assembly import build_run, build_student, build_trainer
-from kdsuite.run.teacher_cache import FineTunedTeacher
+from kdsuite.teacher.cache import FineTunedTeacher
 from kdsuite.run.tracking import cpu_model
 from kdsuite.trainer import model_inputs, resolve_bf16
 

@@ -75,7 +75,6 @@ def test_bad_settings_fail_in_build_run(make_config, overrides, message):
 # LossContext (`student_architecture`/`teacher_architecture`): until it does, the losses make them
 # when the models are bound (after the teacher's fine-tune, before the first step), which
 # `test_checks_that_need_the_models_fail_when_bound` covers.
-@pytest.mark.xfail(strict=True, reason="build_run does not pass the architectures to the LossContext yet")
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -25,9 +25,9 @@ from kdsuite.run import train
 from kdsuite.run.run_folder import (
     IDENTITY_FILE, CheckpointsInTheWay, FolderOfAnotherRun, NoCompleteCheckpoint, missing_parts, run_identity,
 )
-from kdsuite.run.settings import MIN_SEQ_LENGTH
-from kdsuite.run.store_check import check_store
-from kdsuite.run.teacher_cache import cache_entry, get_or_finetune
+from kdsuite.config_checks import MIN_SEQ_LENGTH
+from kdsuite.stores.check import check_store
+from kdsuite.teacher.cache import cache_entry, get_or_finetune
 from kdsuite.tasks import get_task
 from sweep_runs import children_of, mlflow_runs, sweep, sweep_env, sweep_parents
 
@@ -285,7 +285,7 @@ def test_truncated_cached_teacher_is_rebuilt_with_a_warning(make_config, caplog)
     weights = entry.path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     again = make_config(*TINY_RUN, "loss=kd", "seed=43")
-    with caplog.at_level(logging.WARNING, logger="kdsuite.run.teacher_cache"):
+    with caplog.at_level(logging.WARNING, logger="kdsuite.teacher.cache"):
         train(again)
     assert f"cached teacher {entry.path} does not load" in caplog.text
     client = mlflow.MlflowClient(cfg.tracking.uri)
@@ -323,9 +323,9 @@ def test_sigterm_during_teacher_finetune_leaves_partial_that_the_next_build_remo
         trainer_dir.mkdir(parents=True)  # as the Trainer would
         return Finetuned(), Finetuned(), {"accuracy": 0.5}, None
 
-    from kdsuite.run.teacher_cache import CacheEntry
+    from kdsuite.teacher.cache import CacheEntry
 
-    with caplog.at_level(logging.WARNING, logger="kdsuite.run.teacher_cache"):
+    with caplog.at_level(logging.WARNING, logger="kdsuite.teacher.cache"):
         get_or_finetune(CacheEntry({"key": 1}, entry_path), object, finetune)
     assert seen["partial_was_removed"] and f"removing {partial}" in caplog.text
     assert entry_path.is_dir() and not partial.exists()

@@ -7,7 +7,7 @@ from safetensors.torch import load_file
 
 from kdsuite.models import resolve_location
 from kdsuite.run import train
-from kdsuite.run.teacher_cache import cache_entry
+from kdsuite.teacher.cache import cache_entry
 
 pytestmark = pytest.mark.e2e  # trains real runs
 

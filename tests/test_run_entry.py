@@ -41,7 +41,7 @@ def test_a_sweeps_own_process_does_not_import_the_training_stack():
     training stack unimported, which is about 7 s of every multirun's start on a 2-core CPU."""
     probe = ("import sys, runpy; sys.argv = ['run.py']; "
              f"runpy.run_path({str(REPO / 'run.py')!r}, run_name='not_main'); "
-             "import kdsuite.run, kdsuite.run.optuna_trial, kdsuite.run.store_lock, kdsuite.run.tracking, "
+             "import kdsuite.run, kdsuite.stores.optuna_trial, kdsuite.stores.lock, kdsuite.run.tracking, "
              "hydra_plugins.kdsuite_optuna_sweeper.sweeper; "
              "print(' '.join(m for m in ('kdsuite.run.job', 'kdsuite.trainer', 'transformers.trainer') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from conftest import CONF_DIR
 from hydra_plugins.kdsuite_optuna_sweeper.study_identity import identify
 from hydra_plugins.kdsuite_optuna_sweeper.sweeper import KdsuiteOptunaSweeper
-from kdsuite.run.store_lock import sqlite_path
+from kdsuite.stores.lock import sqlite_path
 from study_workers import SAMPLERS, ask_worker, create_storage_worker, open_shared_study, run_workers
 
 def test_sqlite_url_to_path():

@@ -16,8 +16,8 @@ from test_causal_track import dolly_jsonl  # noqa: F401 (a fixture)
 from kdsuite import models
 from kdsuite.run import job, train
 from kdsuite.run.assembly import build_run, build_student
-from kdsuite.run.teacher_cache import FineTunedTeacher, cache_entry
-from kdsuite.run.teacher_outputs import MANIFEST, get_or_build
+from kdsuite.teacher.cache import FineTunedTeacher, cache_entry
+from kdsuite.teacher.outputs import MANIFEST, get_or_build
 from kdsuite.trainer import DistillationTrainer, model_inputs, training_arguments
 
 # fdd reads hidden states stored in fp16: 11 significant bits, each within 2^-11 ~ 4.9e-4 of the
@@ -181,7 +181,7 @@ def test_a_damaged_store_is_rebuilt_and_says_why(make_config, caplog, damage, re
     objective = train(cfg)
     [name] = store_folders(cfg)
     damage(cache_entry(cfg).path / "outputs" / name)
-    with caplog.at_level(logging.WARNING, logger="kdsuite.run.teacher_outputs"):
+    with caplog.at_level(logging.WARNING, logger="kdsuite.teacher.outputs"):
         assert train(cfg) == objective
     assert any("is rebuilt" in record.message and reason in record.message for record in caplog.records)
     assert (cache_entry(cfg).path / "outputs" / name / MANIFEST).is_file()

@@ -15,7 +15,7 @@ from kdsuite.data.run_data import PairCollator
 from kdsuite.losses.uld import ULDLoss
 from kdsuite.run import train
 from kdsuite.run.assembly import build_run
-from kdsuite.run.teacher_cache import cache_entry
+from kdsuite.teacher.cache import cache_entry
 
 pytestmark = pytest.mark.e2e
 

@@ -7,8 +7,8 @@ Four things are identified by a config, each with its own exclusion set:
   config with another one (`kdsuite.run.run_folder`);
 - a sweep's Optuna study (`STUDY`): what every trial shares, so that two sweeps that differ in
   anything else never share a study;
-- a fine-tuned teacher (`kdsuite.run.teacher_cache`) and a teacher-output store
-  (`kdsuite.run.teacher_outputs`) hash keys they build themselves (`key_hash`), from the teacher's
+- a fine-tuned teacher (`kdsuite.teacher.cache`) and a teacher-output store
+  (`kdsuite.teacher.outputs`) hash keys they build themselves (`key_hash`), from the teacher's
   settings and the digest of the data rows they were made from.
 
 Exclusions are dotted keys; a key that is absent is skipped.

@@ -12,7 +12,7 @@ tagged with the trial number and the sampled values. Re-running the same sweep r
 and its parent; several processes or machines sharing the storage work on one study.
 
 Sharing is safe: creating the study and the parent run, and asking for trials, happen under a lock
-held in the study's database (`kdsuite.run.store_lock.database_lock`), so there is one parent per study
+held in the study's database (`kdsuite.stores.lock.database_lock`), so there is one parent per study
 and a sampler always sees the trials other workers have started; and each trial's sampler is
 seeded by the trial's number (`sampling.py`), so no two workers draw the same parameters.
 
@@ -57,10 +57,10 @@ from hydra_plugins.kdsuite_optuna_sweeper.study_identity import StudyIdentity, i
 from kdsuite.private_api import optuna_trial_id
 from kdsuite.distributed import world_size
 from kdsuite.reports import sweep_report
-from kdsuite.run.optuna_trial import open_storage, trial_overrides
-from kdsuite.run.settings import check_settings
-from kdsuite.run.store_check import check_store
-from kdsuite.run.store_lock import database_lock, sqlite_lock
+from kdsuite.stores.optuna_trial import open_storage, trial_overrides
+from kdsuite.config_checks import check_settings
+from kdsuite.stores.check import check_store
+from kdsuite.stores.lock import database_lock, sqlite_lock
 
 log = logging.getLogger(__name__)
 

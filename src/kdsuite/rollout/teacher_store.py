@@ -3,7 +3,7 @@
 
 The store lives beside the fine-tuned teacher (`<teacher cache>/generations/<hash of key>`), is
 built under a file lock in a `.partial` folder renamed into place when complete (the pattern of
-`run/teacher_cache.py` and `run/teacher_outputs.py`), and holds `responses.json` (one list of token
+`teacher/cache.py` and `teacher/outputs.py`), and holds `responses.json` (one list of token
 ids per training example, in example order) and `manifest.json` (the key, the build time and the
 number of generated tokens). A store whose manifest is missing or made for another key is rebuilt.
 

@@ -1,23 +1,18 @@
-"""One run of the suite, on top of the core (tasks, mapping, models, losses, trainer) and the data:
+"""One run of the suite, on top of the core (tasks, mapping, models, losses, trainer), the data,
+the teacher (`kdsuite.teacher`) and the stores (`kdsuite.stores`):
 
 - `assembly`: `build_run(cfg)`, every check and everything built before the long work, then
   `build_student` and `build_trainer`;
 - `job`: `train(cfg) -> float`, the order of work of `run.py`;
-- `teacher_cache`: fine-tuned teachers, once per (teacher, dataset, recipe), under a file lock;
-- `tracking`: every MLflow call;
+- `run_folder`: where a run keeps its files, and the identity its folder records;
+- `tracking`: every MLflow call of a run;
 - `pruning`: Optuna pruning inside a sweep trial.
 
-`train` is imported on first use: the light modules here (`optuna_trial`, `store_lock`,
-`tracking`) serve the sweeper's parent process and the experiment scripts, which should not pay for
-the training stack (transformers' Trainer, about 7 s on a 2-core CPU) to read a config or a store.
+Importing this package imports the training stack (transformers' Trainer). What a sweep's own
+process or a report needs without it lives elsewhere: `kdsuite.config_checks`, `kdsuite.stores`,
+`kdsuite.tracking_names`, `kdsuite.reports`.
 """
 
+from kdsuite.run.job import train
+
 __all__ = ["train"]
-
-
-def __getattr__(name: str):
-    if name == "train":
-        from kdsuite.run.job import train
-
-        return train
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,11 +26,12 @@ from kdsuite.data import instructions
 from kdsuite.data.run_data import RunData, check_data, data_digests, load_run_data
 from kdsuite.losses.base import DistillationLoss, LossContext
 from kdsuite.mapping import LayerPairs, validate_pairs
-from kdsuite.run import teacher_cache, teacher_outputs, tracking
+from kdsuite.teacher import cache as teacher_cache
+from kdsuite.teacher import outputs as teacher_outputs
 from kdsuite.run.run_folder import (
     RunIdentity, check_identity, checkpoint_to_resume, run_folder, run_identity, trainer_dir,
 )
-from kdsuite.run.settings import check_settings
+from kdsuite.config_checks import check_settings
 from kdsuite.tasks import CausalTaskSpec, TaskSpec, get_task
 from kdsuite.trainer import DistillationTrainer, attach_loss, training_arguments
 

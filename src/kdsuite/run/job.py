@@ -7,7 +7,7 @@ teacher is fetched from the cache or fine-tuned (its own MLflow run, `role=teach
 student is trained in an MLflow run of its own (`role=student`).
 
 Under `torchrun`/`accelerate launch` every process runs `train`: they join one process group
-first, the teacher is fine-tuned once (`shared_teacher`), and only the main process writes MLflow
+first, the teacher is fine-tuned once (`kdsuite.teacher.shared`), and only the main process writes MLflow
 and the saved student (`kdsuite.distributed`).
 """
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from transformers import set_seed
 
 from kdsuite import distributed, models, rollout
@@ -23,12 +24,14 @@ from kdsuite.data.run_data import check_data, data_digests
 from kdsuite.generation import evaluate_generation
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.ce import CELoss
-from kdsuite.run import run_folder, teacher_cache, teacher_outputs, tracking
+from kdsuite.run import run_folder, tracking
+from kdsuite.teacher import cache as teacher_cache
+from kdsuite.teacher import outputs as teacher_outputs
 from kdsuite.run.assembly import Run, build_run, build_student, build_trainer, teacher_view
 from kdsuite.run.pruning import pruning_callbacks
-from kdsuite.run.settings import check_settings
-from kdsuite.run.store_check import check_store
-from kdsuite.run.shared_teacher import teacher_for_every_process
+from kdsuite.config_checks import check_settings
+from kdsuite.stores.check import check_store
+from kdsuite.teacher.shared import teacher_for_every_process
 from kdsuite.signals import stop_on_signals
 from kdsuite.tasks import get_task
 from kdsuite.trainer import DistillationTrainer
@@ -85,6 +88,15 @@ def prepare_teacher(run: Run) -> teacher_cache.FineTunedTeacher:
         return model, seen.tokenizer, metrics, mlflow_run.info.run_id
 
     return teacher_cache.get_or_finetune(entry, models.auto_model_class(run.task), finetune)
+
+
+def finetune_teacher_from(config_path: str) -> None:
+    """The single-process child of a multi-process run (`kdsuite.teacher.shared`): build the run
+    from its saved config and fetch (fine-tune and cache) its teacher."""
+    cfg = OmegaConf.load(config_path)
+    run = build_run(cfg)
+    tracking.configure(cfg.tracking)
+    prepare_teacher(run)
 
 
 def train(cfg) -> float:

@@ -7,7 +7,7 @@ import optuna
 from omegaconf import DictConfig
 from transformers import TrainerCallback
 
-from kdsuite.run.optuna_trial import open_storage, trial_spec
+from kdsuite.stores.optuna_trial import open_storage, trial_spec
 
 
 class OptunaPruningCallback(TrainerCallback):

@@ -31,7 +31,7 @@ from transformers import TrainerCallback
 
 from kdsuite import tracking_names as names
 from kdsuite.distributed import is_main_process, on_main_process, world_size
-from kdsuite.run.store_lock import sqlite_lock
+from kdsuite.stores.lock import sqlite_lock
 from kdsuite.signals import RunKilled
 
 log = logging.getLogger(__name__)

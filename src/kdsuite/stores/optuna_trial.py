@@ -7,7 +7,7 @@ from __future__ import annotations
 import optuna
 from omegaconf import DictConfig
 
-from kdsuite.run.store_lock import database_lock, sqlite_path
+from kdsuite.stores.lock import database_lock, sqlite_path
 
 SECTION = "optuna"
 # The keys of `optuna:` in conf/config.yaml, in the order the sweeper sets them.
