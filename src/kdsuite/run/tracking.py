@@ -375,7 +375,7 @@ class RunRecord(TrainerCallback):
     - The model (`on_evaluate` of the final scoring, `metric_key_prefix="final"`): logged with
       `mlflow.transformers` as `student` (the model and tokenizer saved by `save_pretrained`, task
       `text-classification` or `text-generation`), before `final_metric` is logged, so MLflow links
-      that metric to the model and its models view lists students with their scores.
+      that metric to the model (the logged model holds `final_metric` among its metrics).
       `mlflow.transformers` rather than `mlflow.pytorch`: pytorch's default format (`pt2`) needs
       `torch.export` of an example batch and its other, `pickle`, ties loading to these classes;
       the transformers flavour stores the Hugging Face folder and loads back as a pipeline. Its
