@@ -94,13 +94,17 @@ def test_checks_that_need_the_architectures_fail_in_build_run(make_config, overr
     [
         ("tinybert", "teacher.outputs=cached: loss=tinybert reads the teacher's query/key/value projections"),
         ("minilm", "teacher.outputs=cached: loss=minilm reads the teacher's query/key/value projections"),
-        # needs the teacher's depth before the teacher is loaded (see the xfail test above)
-        ("distilbert", "teacher.outputs=cached: loss=distilbert reads the teacher's last hidden states"),
     ],
 )
 def test_cached_teacher_outputs_are_refused_naming_the_loss(make_config, loss, message):
     with pytest.raises(ValueError, match=message):
         build_run(make_config(*TINY_RUN, f"loss={loss}", "teacher.outputs=cached"))
+
+
+def test_distilbert_declares_the_teachers_last_layer_for_the_cache(make_config):
+    """build_run gives the loss the teacher's depth, so distilbert's cached reads are known before any work."""
+    reads = build_run(make_config(*TINY_RUN, "loss=distilbert", "teacher.outputs=cached")).loss.cached_teacher_reads()
+    assert reads.hidden_layers == (4,) and reads.tokens == "all"  # the tiny teacher has 4 blocks
 
 
 @pytest.mark.e2e

@@ -157,7 +157,8 @@ def train_student(run: Run, teacher: teacher_cache.FineTunedTeacher | None) -> f
     elif cfg.get("resume"):
         log.warning("resume=true, but %s holds no checkpoint: starting fresh", run.out_dir)
 
-    tags = tracking.student_tags(cfg, run.loss.name, run.layer_pairs, teacher)
+    # the pairs the loss trains on: pkd leaves out the pair of the teacher's top block
+    tags = tracking.student_tags(cfg, run.loss.name, getattr(run.loss, "pairs_used", None) or run.layer_pairs, teacher)
     run_name = f"{run.loss.name}-{cfg.student.name}-{cfg.dataset.name}-s{cfg.seed}"
     with tracking.tracked_run(run_name, tags, cfg, parent_run_id=cfg.tracking.get("parent_run_id"),
                               resume_run_id=resume_run_id) as mlflow_run:
