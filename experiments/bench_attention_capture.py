@@ -99,7 +99,8 @@ def main() -> None:
             teacher_out = teacher(**features)
         finish(student, losses[version](out, teacher_out, batch)["loss"])
 
-    eager_capture = (ProjectionCapture(eager_student, [2], ("value",)), ProjectionCapture(eager_teacher, [6], ("value",)))
+    eager_capture = (ProjectionCapture(eager_student, [2], ("value",)),
+                     ProjectionCapture(eager_teacher, [6], ("value",)))
 
     def eager_v1_step():
         out = eager_student(**features, output_attentions=True)

@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import torch
+from bench_step import CONF, device_label, make_batch, write_section
 from hydra import compose, initialize_config_dir
 
-from bench_step import CONF, device_label, make_batch, write_section
 from kdsuite import models
 from kdsuite.host_memory import keep_freed_memory_in_heap
 from kdsuite.run.assembly import build_run, build_student

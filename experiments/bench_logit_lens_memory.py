@@ -66,7 +66,8 @@ def measure(vocab: int, chunk_size: int, batch: int, length: int, device: str) -
     else:
         before = rss_mib()
     start = time.perf_counter()
-    traj, delta = logit_lens_terms(student_lens, teacher_lens, PAIRS, student_hidden, teacher_hidden, labels, chunk_size)
+    traj, delta = logit_lens_terms(student_lens, teacher_lens, PAIRS, student_hidden, teacher_hidden, labels,
+                                   chunk_size)
     (traj + delta).backward()
     if device == "cuda":
         torch.cuda.synchronize()

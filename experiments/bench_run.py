@@ -93,9 +93,9 @@ def bench_steps(overrides: list[str], steps: int, warmup: int, report: Path) -> 
     sys.path.insert(0, str(REPO / "experiments"))
     from bench_step import prepare, train_step
 
-    from kdsuite.teacher import outputs as teacher_outputs
     from kdsuite.run.assembly import build_run, build_student, build_trainer
     from kdsuite.run.job import prepare_teacher
+    from kdsuite.teacher import outputs as teacher_outputs
 
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
@@ -162,7 +162,8 @@ def main() -> None:
     # a one-step run first fills the teacher (and output-store) cache, so the measured run finds them
     child("run", [*overrides, "trainer.max_steps=1"], 1, 0, args.out / "warmup.json")
     child("run", overrides, args.steps, args.warmup, args.out / "run.json")
-    child("bench", [o for o in overrides if not o.startswith("hydra.")], args.steps, args.warmup, args.out / "bench.json")
+    child("bench", [o for o in overrides if not o.startswith("hydra.")], args.steps, args.warmup,
+          args.out / "bench.json")
     run, bench = json.loads((args.out / "run.json").read_text()), json.loads((args.out / "bench.json").read_text())
 
     step_times = [t for kind, t in run["steps"] if kind == "step"]
@@ -181,7 +182,8 @@ def main() -> None:
         f"- training samples/s, bench step over the same batches: {bench['samples_per_s']:.1f}",
         f"- ratio: {run_rate / bench['samples_per_s']:.2f} (target >= 0.8)",
         f"- fixed cost, process start to the first step: {fixed:.1f} s, of which interpreter start "
-        f"{run['started'] - run['launched']:.1f} s, import of `kdsuite.run.job` {run['imported'] - run['started']:.1f} s, "
+        f"{run['started'] - run['launched']:.1f} s, "
+        f"import of `kdsuite.run.job` {run['imported'] - run['started']:.1f} s, "
         + ", ".join(f"{name} {seconds:.1f} s" for name, seconds in phases.items() if name != "fit")
         + f"; in `fit` before step 1: {first_step_begin - next(b for n, b, _ in run['phases'] if n == 'fit'):.1f} s",
         f"- after the last step to process end (final evaluation, MLflow, exit): "

@@ -22,9 +22,9 @@ from hydra import compose, initialize_config_dir
 
 from kdsuite.losses.tokens import DIVERGENCES, TopKLogProbs, causal_kd, response_positions
 from kdsuite.reports.markdown import markdown_table
+from kdsuite.run import tracking
 from kdsuite.run.assembly import build_run, build_student
 from kdsuite.run.job import prepare_teacher
-from kdsuite.run import tracking
 from kdsuite.trainer import model_inputs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -68,7 +68,8 @@ def main() -> None:
             student_logits = student(**model_inputs(batch)).logits
             tokens += count
             for divergence in DIVERGENCES:
-                full[divergence] += count * float(causal_kd(student_logits, teacher_logits, labels, divergence, 1.0, 0.1, 256))
+                full[divergence] += count * float(causal_kd(student_logits, teacher_logits, labels, divergence,
+                                                            1.0, 0.1, 256))
                 for k in args.top_k:
                     top_k = top_k_of(teacher_logits, labels, k)
                     cached[k, divergence] += count * float(causal_kd(student_logits, top_k, labels, divergence, 1.0,

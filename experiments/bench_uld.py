@@ -62,7 +62,8 @@ def shuffled_wordpiece(tokenizer):
 
 
 def examples(count: int) -> list[instructions.Instruction]:
-    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards", "quietly", "judge", "boxing", "matches"]
+    words = ["the", "quick", "brown", "fox", "jumps", "over", "a", "lazy", "dog", "while", "seven", "wizards",
+             "quietly", "judge", "boxing", "matches"]
     rng = random.Random(1)
     return [instructions.Instruction(f"Write about {rng.choice(words)}.", "",
                                      " ".join(rng.choice(words) for _ in range(60))) for _ in range(count)]
@@ -132,12 +133,14 @@ def main() -> None:
         for name, (loss, batch) in variants.items():
             teacher_inputs = getattr(loss, "teacher_inputs", None)
             outputs[name] = (student(**model_inputs(batches[name])).logits,
-                             teacher(**(teacher_inputs(batches[name]) if teacher_inputs else model_inputs(batches[name]))).logits)
+                             teacher(**(teacher_inputs(batches[name]) if teacher_inputs
+                                        else model_inputs(batches[name]))).logits)
 
     def loss_only(name):
         loss, batch = variants[name][0], batches[name]
         student_logits = outputs[name][0].detach().requires_grad_()
-        terms = loss(type("Out", (), {"logits": student_logits})(), type("Out", (), {"logits": outputs[name][1]})(), batch)
+        terms = loss(type("Out", (), {"logits": student_logits})(), type("Out", (), {"logits": outputs[name][1]})(),
+                     batch)
         terms["loss"].backward()
 
     times = {name: {"step": [], "loss": []} for name in variants}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +31,12 @@ from pathlib import Path
 import mlflow
 
 from kdsuite.results_table import (
-    build_table, cell_stats, finished_runs, pending, run_results, write_results,
+    build_table,
+    cell_stats,
+    finished_runs,
+    pending,
+    run_results,
+    write_results,
 )
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -48,7 +48,8 @@ def missing_multiruns(record: list, datasets: list[str], losses: list[str], seed
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--record", type=Path, help="the CSV record (it may not exist yet; none: every point is missing)")
+    parser.add_argument("--record", type=Path,
+                        help="the CSV record (it may not exist yet; none: every point is missing)")
     parser.add_argument("--datasets", required=True, help="comma-separated dataset options")
     parser.add_argument("--losses", required=True, help="comma-separated loss options")
     parser.add_argument("--seed", type=int, required=True)

@@ -20,7 +20,14 @@ from pathlib import Path
 import mlflow
 
 from kdsuite.reports.markdown import loss_rank, write_results
-from kdsuite.reports.results_table import build_table, finished_runs, recipe_point, recipe_table, run_results, teacher_scores
+from kdsuite.reports.results_table import (
+    build_table,
+    finished_runs,
+    recipe_point,
+    recipe_table,
+    run_results,
+    teacher_scores,
+)
 from kdsuite.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,9 +16,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 import mlflow
+import numpy as np
 import yaml
 
 from kdsuite.data.glue import load_split

@@ -89,7 +89,8 @@ def markdown(rows: list[dict], command: str) -> str:
         "the 1-minute load average before and after each sweep is shown, and the rates are only as good",
         "as that load was steady.",
         "",
-        "| n_jobs | trials | trial phase (s) | trials/hour (trial phase) | whole sweep (s) | trials/hour (end to end) | load before -> after |",
+        "| n_jobs | trials | trial phase (s) | trials/hour (trial phase) | whole sweep (s) | trials/hour (end to end) "
+        "| load before -> after |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:

@@ -49,7 +49,8 @@ def keep_freed_memory_in_heap() -> bool:
     except (AttributeError, OSError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    _kept = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_NEVER))
+    _kept = (bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX))
+             and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_NEVER)))
     if not _kept:
         log.warning("glibc refused mallopt: CPU steps keep paying page faults for memory they free")
     return _kept

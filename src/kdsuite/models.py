@@ -106,7 +106,8 @@ def load_tokenizer(teacher_settings: DictConfig):
     """The teacher's tokenizer, which every student of the run shares."""
     if teacher_settings.get("tokenizer"):
         return AutoTokenizer.from_pretrained(resolve_location(teacher_settings.tokenizer))
-    return AutoTokenizer.from_pretrained(resolve_location(teacher_settings.name_or_path), **pretrained_kwargs(teacher_settings))
+    return AutoTokenizer.from_pretrained(resolve_location(teacher_settings.name_or_path),
+                                         **pretrained_kwargs(teacher_settings))
 
 
 def student_tokenizer_location(student_settings: DictConfig) -> str | None:
@@ -168,8 +169,8 @@ def _architecture(model_settings: DictConfig) -> PretrainedConfig:
     overrides = _config_overrides(model_settings)
     if model_settings.get("model_type"):
         return AutoConfig.for_model(model_settings.model_type, **overrides)
-    return AutoConfig.from_pretrained(resolve_location(model_settings.name_or_path), **pretrained_kwargs(model_settings),
-                                      **overrides)
+    return AutoConfig.from_pretrained(resolve_location(model_settings.name_or_path),
+                                      **pretrained_kwargs(model_settings), **overrides)
 
 
 def _with_task_head(config: PretrainedConfig, task: TaskSpec | CausalTaskSpec) -> PretrainedConfig:
@@ -226,7 +227,8 @@ def student_architecture(student_settings: DictConfig, teacher_architecture: Pre
                 **_config_overrides(student_settings)}
     if student_settings.get("model_type"):
         settings = {"vocab_size": teacher_architecture.vocab_size,
-                    **{name: getattr(teacher_architecture, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")},
+                    **{name: getattr(teacher_architecture, name, None)
+                       for name in ("bos_token_id", "eos_token_id", "pad_token_id")},
                     **settings}
         return AutoConfig.for_model(student_settings.model_type, **settings)
     return teacher_architecture.__class__.from_dict({**teacher_architecture.to_dict(), **settings})
@@ -262,7 +264,8 @@ def check_student_fits(student_settings: DictConfig, teacher_architecture: Pretr
     if student_settings.init == "teacher" and student_settings.get("tokenizer"):
         raise ValueError(
             f"student {student_settings.name!r} has its own tokenizer (student.tokenizer="
-            f"{student_settings.tokenizer}), so it cannot copy the teacher's embeddings and head: set student.init=random"
+            f"{student_settings.tokenizer}), so it cannot copy the teacher's embeddings and head: "
+            "set student.init=random"
         )
     if student_settings.init == "teacher" and student_settings.get("model_type"):
         raise ValueError(
@@ -319,7 +322,8 @@ def build_student(
     """The student of a run: a checkpoint (`student.pretrained`), a copy of teacher blocks
     (`student.init=teacher`) or random weights of the student's config (`student.init=random`),
     wrapped with LoRA adapters when `student.lora.r > 0`."""
-    return apply_lora(_student_weights(student_settings, teacher, teacher_architecture, pairs, task), student_settings.get("lora"), task)
+    return apply_lora(_student_weights(student_settings, teacher, teacher_architecture, pairs, task),
+                      student_settings.get("lora"), task)
 
 
 def _student_weights(student_settings, teacher, teacher_architecture, pairs, task) -> PreTrainedModel:

@@ -49,18 +49,21 @@ from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.kdsuite_optuna_sweeper.heartbeat import (
-    StaleTrials, TrialHeartbeats, grace_period, quiet_heartbeat_warnings,
+    StaleTrials,
+    TrialHeartbeats,
+    grace_period,
+    quiet_heartbeat_warnings,
 )
 from hydra_plugins.kdsuite_optuna_sweeper.sampling import TrialSeededSampler
 from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
 from hydra_plugins.kdsuite_optuna_sweeper.study_identity import StudyIdentity, identify
-from kdsuite.private_api import optuna_trial_id
-from kdsuite.distributed import world_size
-from kdsuite.reports import sweep_report
-from kdsuite.stores.optuna_trial import open_storage, trial_overrides
 from kdsuite.config_checks import check_settings
+from kdsuite.distributed import world_size
+from kdsuite.private_api import optuna_trial_id
+from kdsuite.reports import sweep_report
 from kdsuite.stores.check import check_store
 from kdsuite.stores.lock import database_lock, sqlite_lock
+from kdsuite.stores.optuna_trial import open_storage, trial_overrides
 
 log = logging.getLogger(__name__)
 
@@ -353,7 +356,8 @@ class KdsuiteOptunaSweeper(Sweeper):
         if stored.state != outcome.state:  # failed meanwhile as stale: its heartbeats could not be written
             log.warning("trial %d was already %s in the study (stale heartbeat); its %s result is not kept",
                         trial.number, stored.state.name, outcome.state.name)
-            outcome = TrialOutcome(trial.number, stored.state, error=f"failed as stale before its result ({outcome.state.name}) was told")
+            outcome = TrialOutcome(trial.number, stored.state,
+                                   error=f"failed as stale before its result ({outcome.state.name}) was told")
         return outcome, False
 
     def _record_trial(self, client, experiment_id, parent_run_id, trial, outcome: TrialOutcome) -> None:

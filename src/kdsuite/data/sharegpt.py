@@ -161,7 +161,8 @@ def passes(example: Instruction, bounds: dict) -> bool:
     return True
 
 
-def read_pairs(path: Path, filters: DictConfig | dict, chunk_chars: int = CHUNK_CHARS) -> tuple[list[Instruction], ReadReport]:
+def read_pairs(path: Path, filters: DictConfig | dict,
+               chunk_chars: int = CHUNK_CHARS) -> tuple[list[Instruction], ReadReport]:
     """The first-turn pairs of `path` that pass the length filters, and what reading found.
 
     Raises when no pair survives, naming the file, the filters and the counts at each stage."""

@@ -90,7 +90,8 @@ def first_occurrences(indices: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def update_memory_bank(bank: torch.Tensor, indices: torch.Tensor, embeddings: torch.Tensor, momentum: float = 0.5) -> None:
+def update_memory_bank(bank: torch.Tensor, indices: torch.Tensor, embeddings: torch.Tensor,
+                       momentum: float = 0.5) -> None:
     """M[i] = normalize(momentum * M[i] + (1 - momentum) * z_i), in place.
 
     An index present more than once is updated once, from its first occurrence, so the result

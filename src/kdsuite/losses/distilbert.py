@@ -78,8 +78,9 @@ class DistilBERTLoss(DistillationLoss):
         """The logits and the teacher's last hidden states at every real token; the last layer's
         index is the teacher's depth, known when the run gives the loss the teacher's architecture."""
         if self.pairs_used is None:
-            raise not_cacheable(self.name, "reads the teacher's last hidden states, whose layer index this run does not "
-                                           "give the loss before the teacher is loaded (LossContext.teacher_architecture)")
+            raise not_cacheable(self.name, "reads the teacher's last hidden states, whose layer index this run "
+                                           "does not give the loss before the teacher is loaded "
+                                           "(LossContext.teacher_architecture)")
         return TeacherReads(hidden_layers=(self.pairs_used[0][1],), tokens="all")
 
     def bind_models(self, student, teacher) -> None:

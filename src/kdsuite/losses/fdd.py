@@ -46,8 +46,8 @@ from torch import nn
 
 from kdsuite.losses.base import LossContext, check_choice
 from kdsuite.losses.kd import KDLoss
-from kdsuite.losses.teacher_reads import TeacherReads, not_cacheable
 from kdsuite.losses.logit_lens import COSINE_EPS, LogitLens, logit_lens_terms
+from kdsuite.losses.teacher_reads import TeacherReads, not_cacheable
 from kdsuite.mapping import LayerPairs
 
 SPACES = ("auto", "hidden", "head", "logit_lens")

@@ -5,7 +5,8 @@ Causal LMs: the soft term is per response token over the vocabulary, `divergence
 `KL(p || a*p + (1-a)*q)` and `skew_reverse_kl` its `KL(q || a*q + (1-a)*p)` with `a = skew`,
 `jsd` GKD's generalized Jensen-Shannon divergence with `beta`, beta = 0 / 1 being forward / reverse
 KL as in TRL), computed in fp32 in chunks of `chunk_size` tokens (`losses/tokens.py`, where the
-equations and the choice at JSD's ends are written out). The spec runs it at `T = 1`: the causal presets set `loss.temperature=1`.
+equations and the choice at JSD's ends are written out). The spec runs it at `T = 1`: the causal presets set
+`loss.temperature=1`.
 The CE side is the response-token SFT loss; both are means over response tokens.
 """
 
@@ -15,7 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from kdsuite.losses.base import (
-    DistillationLoss, LossContext, check_choice, check_temperature, check_weight, task_loss,
+    DistillationLoss,
+    LossContext,
+    check_choice,
+    check_temperature,
+    check_weight,
+    task_loss,
 )
 from kdsuite.losses.teacher_reads import TeacherReads, check_top_k
 from kdsuite.losses.tokens import DIVERGENCES, causal_kd, response_token_ce

@@ -44,7 +44,11 @@ from __future__ import annotations
 import torch
 
 from kdsuite.losses.attention import (
-    ProjectionCapture, attention_log_probs, gradient_anchor, relation_log_probs, row_kl,
+    ProjectionCapture,
+    attention_log_probs,
+    gradient_anchor,
+    relation_log_probs,
+    row_kl,
 )
 from kdsuite.losses.base import DistillationLoss, LossContext, check_choice
 from kdsuite.losses.baselines import check_nonnegative, refuse_causal_lm
@@ -63,12 +67,14 @@ def default_teacher_layer(version: str, teacher_layers: int) -> int:
     return teacher_layers
 
 
-def attention_transfer_terms(student_qkv, teacher_qkv, student_heads: int, teacher_heads: int, mask) -> dict[str, torch.Tensor]:
+def attention_transfer_terms(student_qkv, teacher_qkv, student_heads: int, teacher_heads: int,
+                             mask) -> dict[str, torch.Tensor]:
     """MiniLM v1's `attn_kl` (L_AT) and `vr_kl` (L_VR) from (query, key, value) triples, each (B, L, d)."""
     if student_heads != teacher_heads:
         raise ValueError(f"minilm v1 needs equal head counts, got student {student_heads} and teacher {teacher_heads}")
     (sq, sk, sv), (tq, tk, tv) = student_qkv, teacher_qkv
-    attention = row_kl(attention_log_probs(tq, tk, teacher_heads, mask), attention_log_probs(sq, sk, student_heads, mask), mask)
+    attention = row_kl(attention_log_probs(tq, tk, teacher_heads, mask),
+                       attention_log_probs(sq, sk, student_heads, mask), mask)
     value = row_kl(relation_log_probs(tv, teacher_heads, mask), relation_log_probs(sv, student_heads, mask), mask)
     return {"attn_kl": attention, "vr_kl": value}
 
@@ -144,7 +150,8 @@ class MiniLMLoss(DistillationLoss):
 
     def cached_teacher_reads(self, top_k: int | None = None) -> TeacherReads:
         raise not_cacheable(self.name, "reads the teacher's query/key/value projections (through forward hooks) to "
-                                       "recompute its attention distributions and relations, which the store does not hold")
+                                       "recompute its attention distributions and relations, which the store does "
+                                       "not hold")
 
     def bind_models(self, student, teacher) -> None:
         """Check the layers against the models and hook the q/k/v projections of the two blocks."""
@@ -161,8 +168,10 @@ class MiniLMLoss(DistillationLoss):
         student_capture, teacher_capture = self._captures
         mask = batch["attention_mask"]
         try:
-            student_qkv = [student_capture.get(self.student_layer, p) for p in ("query", "key", "value")]  # 3 x (B, L, d_S)
-            teacher_qkv = [teacher_capture.get(self.teacher_layer, p) for p in ("query", "key", "value")]  # 3 x (B, L, d_T)
+            student_qkv = [student_capture.get(self.student_layer, p)
+                           for p in ("query", "key", "value")]  # 3 x (B, L, d_S)
+            teacher_qkv = [teacher_capture.get(self.teacher_layer, p)
+                           for p in ("query", "key", "value")]  # 3 x (B, L, d_T)
             if self.version == "v1":
                 terms = attention_transfer_terms(student_qkv, teacher_qkv, student_capture.num_heads,
                                                  teacher_capture.num_heads, mask)

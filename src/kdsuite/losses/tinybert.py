@@ -74,7 +74,8 @@ def attention_term(student_scores: list[torch.Tensor], teacher_scores: list[torc
     return sum(F.mse_loss(s, t) for s, t in zip(student_scores, teacher_scores))
 
 
-def hidden_term(student_hidden: list[torch.Tensor], teacher_hidden: list[torch.Tensor], projection: nn.Module) -> torch.Tensor:
+def hidden_term(student_hidden: list[torch.Tensor], teacher_hidden: list[torch.Tensor],
+                projection: nn.Module) -> torch.Tensor:
     """`sum_pairs mean(H^S W - H^T)^2` over (B, L, d) states, all positions (official)."""
     return sum(F.mse_loss(projection(s.float()), t.float()) for s, t in zip(student_hidden, teacher_hidden))
 

@@ -149,7 +149,8 @@ class SortedL1(torch.autograd.Function):
             teacher_sorted = teacher_probs.sort(dim=-1, descending=True).values
             shared = min(student_sorted.shape[-1], teacher_sorted.shape[-1])
             difference = student_sorted[:, :shared] - teacher_sorted[:, :shared]
-            distance = difference.abs().sum(-1) + student_sorted[:, shared:].sum(-1) + teacher_sorted[:, shared:].sum(-1)
+            distance = (difference.abs().sum(-1) + student_sorted[:, shared:].sum(-1)
+                        + teacher_sorted[:, shared:].sum(-1))
             total = total + (distance * weights[rows]).sum()
             sorted_signs = torch.cat([difference.sign(), student_sorted[:, shared:].sign()], dim=-1).to(torch.int8)
             signs[rows] = torch.empty_like(sorted_signs).scatter_(-1, order, sorted_signs)
@@ -170,7 +171,8 @@ class SortedL1(torch.autograd.Function):
             upstream = signs[rows].to(softmax.dtype) * (weights[rows] * grad_total)[:, None]  # (N_c, V or |cols|)
             if columns is not None:
                 upstream = softmax.new_zeros(softmax.shape).index_copy_(-1, columns, upstream)
-            grad_rows[rows] = (probs * (upstream - (upstream * softmax).sum(-1, keepdim=True)) / ctx.temperature).to(grad_rows.dtype)
+            grad_rows[rows] = (probs * (upstream - (upstream * softmax).sum(-1, keepdim=True))
+                               / ctx.temperature).to(grad_rows.dtype)
             grad_scale[rows] = (upstream * probs).sum(-1).to(grad_scale.dtype)
         return grad_rows, grad_scale, None, None, None, None, None, None, None
 

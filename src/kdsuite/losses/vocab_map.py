@@ -49,7 +49,8 @@ SCHEMES = ("wordpiece", "byte_level", "metaspace", "plain")
 def unicode_to_byte() -> dict[str, int]:
     """GPT-2's byte-to-unicode table, inverted: printable bytes map to themselves, the other 68
     to the characters 256, 257, ... in byte order."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
     table, extra = {}, 0
     for byte in range(256):
         if byte in printable:
@@ -81,7 +82,8 @@ def tokenizer_scheme(tokenizer) -> tuple[str, str]:
         model = description.get("model", {})
         if model.get("type") == "WordPiece":
             return "wordpiece", model.get("continuing_subword_prefix") or "##"
-        types = {component["type"] for key in ("pre_tokenizer", "decoder") for component in _components(description.get(key))}
+        types = {component["type"] for key in ("pre_tokenizer", "decoder")
+                 for component in _components(description.get(key))}
         if "ByteLevel" in types:
             return "byte_level", ""
         if "Metaspace" in types or any(c.get("content") == " " and "▁" in json.dumps(c.get("pattern", ""))
@@ -89,7 +91,10 @@ def tokenizer_scheme(tokenizer) -> tuple[str, str]:
             return "metaspace", ""
         return "plain", ""
     pieces = list(tokenizer.get_vocab())
-    share = lambda marker: sum(marker in piece for piece in pieces) / max(len(pieces), 1)
+
+    def share(marker):
+        return sum(marker in piece for piece in pieces) / max(len(pieces), 1)
+
     if share("##") > 0.05:
         return "wordpiece", "##"
     if share("Ġ") > 0.05:

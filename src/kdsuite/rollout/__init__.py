@@ -15,7 +15,7 @@ buffer), `sources` (the per-run objects), `teacher_store` (SeqKD's stored teache
 from __future__ import annotations
 
 from kdsuite.rollout.settings import RolloutSettings, check_rollout, rollout_settings
-from kdsuite.rollout.sources import STATE_FILE, SOURCE_CLASSES, RolloutSource, state_file_name
+from kdsuite.rollout.sources import SOURCE_CLASSES, STATE_FILE, RolloutSource, state_file_name
 
 
 def build_source(cfg, task, loss_class, tokenizer) -> RolloutSource | None:

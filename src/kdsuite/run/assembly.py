@@ -16,23 +16,27 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerCallback, TrainingArguments
 
 from kdsuite import distributed, models, rollout
+from kdsuite.config_checks import check_settings
 from kdsuite.data import instructions
 from kdsuite.data.run_data import RunData, check_data, data_digests, load_run_data
 from kdsuite.losses.base import DistillationLoss, LossContext
 from kdsuite.mapping import LayerPairs, validate_pairs
+from kdsuite.run.run_folder import (
+    RunIdentity,
+    check_identity,
+    checkpoint_to_resume,
+    run_folder,
+    run_identity,
+    trainer_dir,
+)
+from kdsuite.tasks import CausalTaskSpec, TaskSpec, get_task
 from kdsuite.teacher import cache as teacher_cache
 from kdsuite.teacher import outputs as teacher_outputs
-from kdsuite.run.run_folder import (
-    RunIdentity, check_identity, checkpoint_to_resume, run_folder, run_identity, trainer_dir,
-)
-from kdsuite.config_checks import check_settings
-from kdsuite.tasks import CausalTaskSpec, TaskSpec, get_task
 from kdsuite.trainer import DistillationTrainer, attach_loss, training_arguments
 
 
@@ -131,11 +135,12 @@ def build_run(cfg: DictConfig) -> Run:
     check_settings(cfg)
     task = get_task(cfg.dataset.name)
     check_data(cfg, task)
+    # the rows' digest names the run's folder and teacher: the data files are read (not tokenized) here
     digests = data_digests(cfg, task)
-    identity = run_identity(cfg, digests)
+    world = distributed.world_size()
+    identity = run_identity(cfg, digests, world)
     out_dir = run_folder(cfg, identity)
     check_identity(cfg, out_dir, identity)
-    world = distributed.world_size()
     resume_from = checkpoint_to_resume(cfg, out_dir, world, rollout.checkpoint_files(cfg, world))
     student_args = training_arguments(as_settings(cfg.trainer), str(trainer_dir(out_dir)), cfg.seed,
                                       section="trainer")
@@ -167,7 +172,7 @@ def build_run(cfg: DictConfig) -> Run:
         student_architecture=student_arch,
         teacher_architecture=teacher_arch,
     )
-    # every check the loss makes, and teacher.outputs=cached's, before the data is loaded or downloaded
+    # every check the loss makes, and teacher.outputs=cached's, before the data is tokenized
     teacher_outputs.output_spec(cfg, make_loss(context=context))
     rollout_source = rollout.build_source(cfg, task, make_loss.func, tokenizer)
     run_data = load_run_data(cfg, task, tokenizer, teacher_tokenizer)
@@ -176,7 +181,8 @@ def build_run(cfg: DictConfig) -> Run:
                                                  labels_are_placeholders=False))
     return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, loss, run_data, student_args,
                teacher_args, out_dir, identity, resume_from, teacher_cache.cache_entry(cfg, digests),
-               rollout=rollout_source, teacher_tokenizer=teacher_tokenizer if teacher_tokenizer is not tokenizer else None)
+               rollout=rollout_source,
+               teacher_tokenizer=teacher_tokenizer if teacher_tokenizer is not tokenizer else None)
 
 
 def teacher_view(run: Run) -> Run:

@@ -20,20 +20,20 @@ from omegaconf import OmegaConf
 from transformers import set_seed
 
 from kdsuite import distributed, models, rollout
+from kdsuite.config_checks import check_settings
 from kdsuite.data.run_data import check_data, data_digests
 from kdsuite.generation import evaluate_generation
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.ce import CELoss
 from kdsuite.run import run_folder, tracking
-from kdsuite.teacher import cache as teacher_cache
-from kdsuite.teacher import outputs as teacher_outputs
 from kdsuite.run.assembly import Run, build_run, build_student, build_trainer, teacher_view
 from kdsuite.run.pruning import pruning_callbacks
-from kdsuite.config_checks import check_settings
-from kdsuite.stores.check import check_store
-from kdsuite.teacher.shared import teacher_for_every_process
 from kdsuite.signals import stop_on_signals
+from kdsuite.stores.check import check_store
 from kdsuite.tasks import get_task
+from kdsuite.teacher import cache as teacher_cache
+from kdsuite.teacher import outputs as teacher_outputs
+from kdsuite.teacher.shared import teacher_for_every_process
 from kdsuite.trainer import DistillationTrainer
 
 log = logging.getLogger(__name__)
@@ -137,11 +137,16 @@ def finished_already(cfg) -> float | None:
     its data once (for the run's identity, which the folder must match)."""
     task = get_task(cfg.dataset.name)
     check_data(cfg, task)
-    identity = run_folder.run_identity(cfg, data_digests(cfg, task))
+    identity = run_folder.run_identity(cfg, data_digests(cfg, task), distributed.world_size())
     folder = run_folder.run_folder(cfg, identity)
     run_folder.check_identity(cfg, folder, identity)
     run_id = run_folder.saved_run_id(folder, cfg.tracking.uri, cfg.tracking.experiment)
     objective = tracking.finished_objective(cfg.tracking.uri, run_id, cfg.tracking.experiment) if run_id else None
+    if objective is not None and cfg.get("save_student") and not (folder / "student").is_dir():
+        raise ValueError(
+            f"save_student=true, but the finished run in {folder} (MLflow run {run_id}) saved no student; "
+            f"run without resume=true in another output_dir to train and save one, or leave save_student off"
+        )
     if objective is not None:
         log.info("%s: finished already as MLflow run %s (final_metric %.4f); nothing to do",
                  folder, run_id, objective)

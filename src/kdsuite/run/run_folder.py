@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from omegaconf import DictConfig
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from kdsuite.identity import RUN, config_identity, described_config, differing_keys
+from kdsuite.weights_files import weights_problems
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,6 @@ IDENTITY_FILE = "kdsuite_run.json"
 # callbacks) and the weights (the loss's learned parts and buffers, such as CoDIR's memory banks,
 # are saved with them: the loss is a submodule of the student).
 CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "adapter_model.safetensors", "adapter_model.bin")
 
 
 class CheckpointsInTheWay(RuntimeError):
@@ -68,9 +66,13 @@ class RunIdentity:
         return {"identity": self.hash, "config": self.config}
 
 
-def run_identity(cfg: DictConfig, digests: dict[str, str]) -> RunIdentity:
-    """The identity of the run `cfg` over data whose rows have `digests` (`data_digests`)."""
+def run_identity(cfg: DictConfig, digests: dict[str, str], world_size: int = 1) -> RunIdentity:
+    """The identity of the run `cfg` over data whose rows have `digests` (`data_digests`), on
+    `world_size` processes (each takes its own batch: the effective batch, and so the run, changes
+    with their number)."""
     described = {**described_config(cfg, RUN), "data": dict(sorted(digests.items()))}
+    if world_size > 1:  # left out on one process, so single-process identities stay as they are
+        described["world_size"] = world_size
     return RunIdentity(config_identity(described, ()), described)
 
 
@@ -141,37 +143,18 @@ def _checkpoints(folder: Path) -> list[Path]:
     return sorted(found, key=checkpoint_step, reverse=True)
 
 
-def _safetensors_problem(path: Path) -> str | None:
-    """Why a safetensors file cannot be loaded whole (its header or its data cut short), or None."""
-    try:
-        with path.open("rb") as handle:
-            header_length = struct.unpack("<Q", handle.read(8))[0]
-            header = json.loads(handle.read(header_length))
-    except (OSError, struct.error, ValueError) as error:
-        return f"{path.name} unreadable ({type(error).__name__})"
-    data_end = max((entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"),
-                   default=0)
-    expected = 8 + header_length + data_end
-    if path.stat().st_size < expected:
-        return f"{path.name} truncated ({path.stat().st_size} of {expected} bytes)"
-    return None
-
-
 def missing_parts(checkpoint: Path, world_size: int = 1, extra_files: tuple[str, ...] = ()) -> list[str]:
     """What `checkpoint` lacks for an exact resume: trainer state, optimizer, scheduler, weights
     (present and whole), each process's RNG state, and `extra_files` (state kept beside the
     weights, such as a rollout schedule's). Empty when complete."""
     missing = [name for name in (*CHECKPOINT_FILES, *extra_files) if not (checkpoint / name).is_file()]
-    weights = [checkpoint / name for name in WEIGHT_FILES if (checkpoint / name).is_file()]
-    if not weights:
-        missing.append("model weights (model.safetensors)")
-    for path in weights:
-        if path.suffix == ".safetensors":
-            problem = _safetensors_problem(path)
-            if problem:
-                missing.append(problem)
+    missing += weights_problems(checkpoint)
     rng_files = ["rng_state.pth"] if world_size <= 1 else [f"rng_state_{rank}.pth" for rank in range(world_size)]
-    missing += [name for name in rng_files if not (checkpoint / name).is_file()]
+    absent = [name for name in rng_files if not (checkpoint / name).is_file()]
+    if absent:
+        saved = sorted(path.name for path in checkpoint.glob("rng_state*.pth"))
+        other = f" (it holds {', '.join(saved)}: saved by a run on another number of processes)" if saved else ""
+        missing.append(", ".join(absent) + other)
     return missing
 
 
@@ -240,6 +223,7 @@ def saved_run_id(folder: Path, tracking_uri: str, experiment: str) -> str | None
     """The MLflow run this folder's checkpoints belong to in (store, experiment), if any. A run
     recorded without its experiment is returned for any experiment: the caller checks it."""
     for saved in reversed(_saved_runs(folder)):
-        if saved.get("tracking_uri") == store_identity(tracking_uri) and saved.get("experiment", experiment) == experiment:
+        if (saved.get("tracking_uri") == store_identity(tracking_uri)
+                and saved.get("experiment", experiment) == experiment):
             return saved["run_id"]
     return None

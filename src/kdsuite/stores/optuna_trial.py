@@ -45,4 +45,5 @@ def open_storage(url: str | None, heartbeat_interval: int | None = None, grace_p
     engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}} if sqlite_path(url) else {}
     with database_lock(url, "optuna schema"):
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                          grace_period=grace_period, heartbeat_stale_trial_callback=stale_trial_callback)
+                                          grace_period=grace_period,
+                                          heartbeat_stale_trial_callback=stale_trial_callback)

@@ -184,11 +184,13 @@ class TeacherOutputStore:
 
     def __init__(self, path: Path, manifest: dict):
         self.path = path
-        self.spec = OutputSpec(**{**manifest["key"]["spec"], "hidden_layers": tuple(manifest["key"]["spec"]["hidden_layers"])})
+        self.spec = OutputSpec(**{**manifest["key"]["spec"],
+                                  "hidden_layers": tuple(manifest["key"]["spec"]["hidden_layers"])})
         self.dtype = getattr(torch, manifest["key"]["precision"].removeprefix("torch."))
         self.fields = {name: _open_field(path, name, entry) for name, entry in manifest["fields"].items()}
         lengths = self.fields["lengths"].long()
-        self.offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])  # rows of example i: offsets[i]:offsets[i+1]
+        # rows of example i: offsets[i]:offsets[i+1]
+        self.offsets = torch.cat([lengths.new_zeros(1), lengths.cumsum(0)])
 
     def _rows(self, index: torch.Tensor) -> torch.Tensor:
         """Row ids of the token-level fields for examples `index`, back to back in batch order."""
