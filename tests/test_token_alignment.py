@@ -63,3 +63,25 @@ def test_real_tokenizers_groups_cover_the_same_text():
         student_text = text[spans["wordpiece"][student_group[0]][0]:spans["wordpiece"][student_group[-1]][1]]
         teacher_text = text[spans["bpe"][teacher_group[0]][0]:spans["bpe"][teacher_group[-1]][1]]
         assert student_text.strip() == teacher_text.strip()
+
+
+@pytest.mark.parametrize("text, characters", [("a 日本 x", ["a", " ", "日", "本", " ", "x"]),
+                                              ("hi 😀!", ["h", "i", " ", "😀", "!"])])
+def test_byte_tokens_of_one_character_stay_in_its_group(text, characters):
+    """A byte-level BPE (no CJK or emoji in its training text) cuts 日, 本 and 😀 into byte tokens
+    that all carry the character's span; the student (hand-built) has one token per character.
+    Every character must be one group: its student token with all of its teacher byte tokens."""
+    bpe = train_bpe()
+    encoded = bpe(text, add_special_tokens=False, return_offsets_mapping=True)
+    teacher = encoded["offset_mapping"]
+    multi_byte = [c for c in characters if len(c.encode()) > 1]
+    for character in multi_byte:  # the premise: several teacher tokens share the character's span
+        start = text.index(character)
+        assert teacher.count((start, start + 1)) == len(character.encode())
+    student = [(i, i + 1) for i in range(len(text))]
+    alignment = align_spans(student, teacher)
+    assert alignment.student_groups == tuple((i,) for i in range(len(text)))
+    assert alignment.coverage == 1.0
+    for number, group in enumerate(alignment.teacher_groups):
+        pieces = bpe.convert_tokens_to_string(bpe.convert_ids_to_tokens([encoded["input_ids"][i] for i in group]))
+        assert pieces == characters[number], (number, group)

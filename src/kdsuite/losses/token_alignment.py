@@ -16,6 +16,9 @@ Choices where GOLD is silent or differs:
   that never meet) is left out: it is not text both sides cover. GOLD appends it as a last group.
 - Zero-width tokens (an end-of-sequence token placed at the end of the text) close a group with a
   zero-width token of the other side at the same place, so eos aligns with eos.
+- Byte-level BPE tokenizers give every byte token of a multi-byte character (日, an emoji) that
+  character's whole span, so several consecutive tokens end at the same character. A group that
+  closes there takes all of them on both sides; GOLD gets the same grouping by working in bytes.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ def align_spans(student_spans: Sequence[Span], teacher_spans: Sequence[Span], te
     """Group two tokenizations of one text where their token boundaries coincide.
 
     Walk both lists, advancing the side whose current token ends first; when both current tokens
-    end at the same character, the tokens walked since the last such point form one group on each
-    side. Spans are [start, end) character offsets; `text_start` is where the shared text begins
+    end at the same character, each side also takes the tokens right after it that end there too
+    (the other bytes of one character under a byte-level BPE), and the tokens walked since the last
+    such point form one group on each side. Spans are [start, end) character offsets; `text_start` is where the shared text begins
     (tokens ending at or before it are outside the text and skipped on their side).
     """
     s = _first_inside(student_spans, text_start)
@@ -74,14 +78,28 @@ def align_spans(student_spans: Sequence[Span], teacher_spans: Sequence[Span], te
         elif t_end < s_end:
             t += 1
         else:
-            s += 1
-            t += 1
+            s = _past_same_end(student_spans, s, s_end)
+            t = _past_same_end(teacher_spans, t, t_end)
             student_groups.append(tuple(range(s_first, s)))
             teacher_groups.append(tuple(range(t_first, t)))
             covered += s_end - boundary
             s_first, t_first, boundary = s, t, s_end
     reach = max([end for _, end in list(student_spans) + list(teacher_spans)], default=text_start)
     return Alignment(tuple(student_groups), tuple(teacher_groups), covered, max(reach - text_start, 0))
+
+
+def _past_same_end(spans: Sequence[Span], index: int, end: int) -> int:
+    """Index after token `index` and every following token of width > 0 that also ends at `end`.
+
+    A byte-level BPE (GPT-2, Llama 3, Qwen) cuts a multi-byte character into byte tokens that all
+    carry that character's span: "日" is three tokens spanning (2, 3). All of them belong to the
+    group the character closes; left behind, they would open the next group and pair the next
+    character with bytes of this one. Zero-width tokens (an eos at the end) stay for the next group.
+    """
+    index += 1
+    while index < len(spans) and spans[index][1] == end and spans[index][0] < end:
+        index += 1
+    return index
 
 
 def _first_inside(spans: Sequence[Span], text_start: int) -> int:
