@@ -4,20 +4,20 @@ buffer (their state round trips), the settings' checks naming their keys, and ev
 and loss preset composing with the causal experiments."""
 
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from kdsuite.rollout.callback import RolloutCallback
 from kdsuite.rollout.sampling import SamplingSettings, batch_prompts, cut_after_eos, sample_responses, training_batch
 from kdsuite.rollout.schedules import AdaptiveThreshold, ReplayBuffer, on_policy_fraction
-from kdsuite.rollout.settings import RolloutSettings, check_rollout, rollout_settings
+from kdsuite.rollout.settings import RolloutSettings, check_rollout, rollout_settings, steps_per_epoch
 from kdsuite.rollout.sources import AdaptiveRollout, StudentRollout
 from kdsuite.tasks import get_task
-
-from conftest import CONF_DIR
-
 
 
 def right_and_left_padded():
@@ -136,10 +136,27 @@ def test_lambda_zero_never_touches_the_batch_or_the_global_rngs():
     ("top_p", 0.0, r"rollout.top_p=0.0 must lie in \(0, 1\]"),
     ("capacity", 0, r"rollout.capacity=0 must be >= 1"),
     ("lamda", 0.5, r"rollout.lamda is not a rollout setting"),
+    ("validation_interval", 0, r"rollout.validation_interval=0 must be null \(once per epoch\) or an integer >= 1"),
+    ("validation_interval", 2.5, r"rollout.validation_interval=2.5 must be null"),
 ])
 def test_settings_refuse_bad_values_naming_the_key(key, value, message):
     with pytest.raises(ValueError, match=message):
         rollout_settings({"source": "student", key: value})
+
+
+def test_validation_interval_defaults_to_one_epoch_counted_as_distillm_counts_it():
+    """DistiLLM's --eval-interval -1 becomes train_iters_per_epoch = int(N / (batch * world * accum)):
+    103 examples, batch 4, accumulation 2, 3 processes -> 4 optimizer steps; an integer overrides."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        preset = compose(config_name="config", overrides=["experiment=causal_smoke", "rollout=adaptive"]).rollout
+    assert preset.validation_interval is None
+    trainer = SimpleNamespace(train_dataset=list(range(103)), args=SimpleNamespace(
+        per_device_train_batch_size=4, gradient_accumulation_steps=2, world_size=3))
+    epoch = RolloutCallback(trainer, AdaptiveRollout(rollout_settings(preset), 0, 2, seed=0))
+    assert epoch.validation_interval == 103 // (4 * 2 * 3) == 4
+    fixed = RolloutCallback(trainer, AdaptiveRollout(rollout_settings({**preset, "validation_interval": 7}), 0, 2, 0))
+    assert fixed.validation_interval == 7
+    assert steps_per_epoch(5, 4, 2, 3) == 1  # fewer examples than one step's worth: still one step
 
 
 def test_sources_refuse_what_they_cannot_be_combined_with():

@@ -63,8 +63,9 @@ def align_spans(student_spans: Sequence[Span], teacher_spans: Sequence[Span], te
     Walk both lists, advancing the side whose current token ends first; when both current tokens
     end at the same character, each side also takes the tokens right after it that end there too
     (the other bytes of one character under a byte-level BPE), and the tokens walked since the last
-    such point form one group on each side. Spans are [start, end) character offsets; `text_start` is where the shared text begins
-    (tokens ending at or before it are outside the text and skipped on their side).
+    such point form one group on each side. Spans are [start, end) character offsets; `text_start`
+    is where the shared text begins (tokens ending at or before it are outside the text and skipped
+    on their side).
     """
     s = _first_inside(student_spans, text_start)
     t = _first_inside(teacher_spans, text_start)

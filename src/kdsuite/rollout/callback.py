@@ -12,6 +12,7 @@ import torch
 from transformers import TrainerCallback
 
 from kdsuite.distributed import all_reduce_sum
+from kdsuite.rollout.settings import resolved_validation_interval
 from kdsuite.rollout.sources import RolloutSource, state_file_name
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,20 @@ def load_state(source: RolloutSource, checkpoint_dir: str | Path, rank: int) -> 
 
 class RolloutCallback(TrainerCallback):
     """Times whole optimizer steps and, for sources that read it, measures the validation loss
-    before training and every `rollout.validation_interval` steps."""
+    before training and every `rollout.validation_interval` steps (null: once per epoch, the
+    optimizer steps of one epoch counted from the training set's size, the per-device batch size,
+    the accumulation steps and the number of processes)."""
 
     def __init__(self, trainer, source: RolloutSource):
         self.trainer, self.source = trainer, source
         self.step_started = None
+        self.validation_interval = None
+        if source.evaluates:
+            args = trainer.args
+            self.validation_interval = resolved_validation_interval(
+                source.settings, len(trainer.train_dataset), args.per_device_train_batch_size,
+                args.gradient_accumulation_steps, args.world_size)
+            log.info("rollout: validation loss every %d optimizer steps", self.validation_interval)
 
     def on_train_begin(self, args, state, control, **kwargs):
         # the Trainer loads a resumed checkpoint's state only after this event: whether the reference
@@ -69,5 +79,5 @@ class RolloutCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         if self.step_started is not None:
             self.source.cost.add_step(time.perf_counter() - self.step_started)
-        if self.source.evaluates and state.global_step % self.source.settings.validation_interval == 0:
+        if self.source.evaluates and state.global_step % self.validation_interval == 0:
             self.source.observe_validation_loss(validation_loss(self.trainer))

@@ -41,7 +41,7 @@ class RolloutSettings:
     threshold_step: float = 0.1  # adaptive: the fixed +0.1 of DistiLLM's finetune.py
     capacity: int = 1000  # adaptive: --capacity (examples kept in the replay buffer)
     replay_ratio: str = "decreasing"  # adaptive: --replay-ratio
-    validation_interval: int = 1  # adaptive: optimizer steps between validation losses
+    validation_interval: int | None = None  # adaptive: optimizer steps between validation losses; None: one epoch
 
     def __post_init__(self):
         if self.source not in SOURCES:
@@ -67,12 +67,30 @@ class RolloutSettings:
             raise ValueError(f"rollout.capacity={self.capacity} must be >= 1")
         if self.replay_ratio not in REPLAY_RATIOS:
             raise ValueError(f"rollout.replay_ratio={self.replay_ratio!r} is not one of {list(REPLAY_RATIOS)}")
-        if self.validation_interval < 1:
-            raise ValueError(f"rollout.validation_interval={self.validation_interval} must be >= 1")
+        if self.validation_interval is not None and (isinstance(self.validation_interval, bool)
+                                                     or not isinstance(self.validation_interval, int)
+                                                     or self.validation_interval < 1):
+            raise ValueError(f"rollout.validation_interval={self.validation_interval!r} must be null (once per "
+                             f"epoch) or an integer >= 1 (optimizer steps)")
 
     @property
     def on_policy(self) -> bool:
         return self.source in ON_POLICY
+
+
+def steps_per_epoch(train_examples: int, batch_size: int, accumulation: int, world_size: int) -> int:
+    """Optimizer steps in one epoch as DistiLLM's finetune.py counts them (`train_iters_per_epoch =
+    int(len(train) / (batch_size * dp_world_size * gradient_accumulation_steps))`), at least 1."""
+    return max(1, train_examples // (batch_size * accumulation * world_size))
+
+
+def resolved_validation_interval(settings: RolloutSettings, train_examples: int, batch_size: int,
+                                 accumulation: int, world_size: int) -> int:
+    """`rollout.validation_interval`, or with null the optimizer steps of one epoch: DistiLLM's
+    scripts pass `--eval-interval -1`, which finetune.py turns into `train_iters_per_epoch`."""
+    if settings.validation_interval is not None:
+        return settings.validation_interval
+    return steps_per_epoch(train_examples, batch_size, accumulation, world_size)
 
 
 KEY_OF_FIELD = {"fraction": "lambda"}

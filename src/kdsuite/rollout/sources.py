@@ -69,7 +69,7 @@ class RolloutSource:
     its text having been swapped in before; see `teacher_store`)."""
 
     needs_teacher_model = False  # the run must load the teacher even if the loss reads none
-    evaluates = False  # wants the validation loss every `settings.validation_interval` steps
+    evaluates = False  # wants the validation loss every `settings.validation_interval` steps (null: an epoch)
     needs_reference_loss = False  # wants the validation loss before the first step
 
     def __init__(self, settings: RolloutSettings, pad_token_id: int, eos_token_id: int | None, seed: int):
