@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_encoders import context_for, tiny_bert
 
 from kdsuite.losses.pkd import PKDLoss, patient_pairs
-from tiny_encoders import context_for, tiny_bert
 
 ALPHA, T, BETA = 0.7, 10.0, 500.0
 
@@ -25,7 +25,8 @@ def outputs(layers, batch, length, width, classes, seed, grad=False):
 
 
 def reference(student, teacher, labels, pairs, d):
-    """(1 - a) CE + a T^2 KL + beta * (1 / (B K d)) sum_b sum_j ||h_S/|h_S| - h_T/|h_T|||^2, float64 loops."""
+    """(1 - a) CE + a (T^2 / C) KL + beta * (1 / (B K d)) sum_b sum_j ||h_S/|h_S| - h_T/|h_T|||^2, float64
+    loops; KL is divided by the C classes as the official KLDivLoss(reduction='mean') over (B, C) does."""
     batch = labels.shape[0]
     ce = kl = 0.0
     for b in range(batch):
@@ -35,7 +36,7 @@ def reference(student, teacher, labels, pairs, d):
         ps = [math.exp(z / T) for z in zs]
         pt = [math.exp(z / T) for z in zt]
         ps, pt = [p / sum(ps) for p in ps], [p / sum(pt) for p in pt]
-        kl += T * T * sum(t * math.log(t / s) for s, t in zip(ps, pt)) / batch
+        kl += T * T * sum(t * math.log(t / s) for s, t in zip(ps, pt)) / (batch * len(zs))
     patience = 0.0
     for s, t in pairs:
         for b in range(batch):
@@ -49,15 +50,18 @@ def test_terms_and_total_match_the_paper_with_the_official_reduction():
     student_model, teacher_model = tiny_bert(3, 8, 2), tiny_bert(6, 8, 2)
     loss = PKDLoss(context_for(student_model, teacher_model, [(1, 2), (2, 4), (3, 6)]))
     assert loss.pairs_used == [(1, 2), (2, 4)]  # the teacher's top block 6 is dropped
-    student = outputs(3, 4, 5, 8, 2, seed=1, grad=True)
-    teacher = outputs(6, 4, 5, 8, 2, seed=2)
-    labels = torch.tensor([0, 1, 1, 0])
+    student = outputs(3, 4, 5, 8, 3, seed=1, grad=True)  # three classes
+    teacher = outputs(6, 4, 5, 8, 3, seed=2)
+    labels = torch.tensor([0, 1, 2, 0])
     terms = loss(student, teacher, {"labels": labels, "attention_mask": torch.ones(4, 5)})
     ce, kl, patience = reference(student, teacher, labels, [(1, 2), (2, 4)], 8)
     assert terms["ce"].item() == pytest.approx(ce, rel=1e-5)
     assert terms["kd"].item() == pytest.approx(kl, rel=1e-5)
     assert terms["pt"].item() == pytest.approx(patience, rel=1e-5)
     assert terms["loss"].item() == pytest.approx((1 - ALPHA) * ce + ALPHA * kl + BETA * patience, rel=1e-5)
+    official = torch.nn.KLDivLoss(reduction="mean")(torch.log_softmax(student.logits / T, dim=1),
+                                                    torch.softmax(teacher.logits / T, dim=1)) * T * T
+    assert terms["kd"].item() == pytest.approx(official.item(), rel=1e-5)  # the official code's expression
 
     # gradient of the patient term on h_S(s_j)[CLS]: beta/(B K d) * d/dh ||h/|h| - u||^2
     terms["loss"].backward()

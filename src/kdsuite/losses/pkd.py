@@ -1,11 +1,19 @@
 """`pkd`: patient knowledge distillation (Sun, Cheng, Gan and Liu, EMNLP 2019).
 
     L = (1 - alpha) * L_CE + alpha * L_DS + beta * L_PT
-    L_DS = T^2 * KL(softmax(z_T / T) || softmax(z_S / T))
+    L_DS = (T^2 / C) * KL(softmax(z_T / T) || softmax(z_S / T))     (C classes)
     L_PT = sum_j || h_S(s_j) / ||h_S(s_j)||_2 - h_T(t_j) / ||h_T(t_j)||_2 ||_2^2
 
 h(l) is the output of block l at the first token ([CLS]); (s_j, t_j) are the patient pairs. The
-first two terms are `kd`'s (`PKDLoss` extends `KDLoss`: same `alpha`, `temperature` and checks).
+terms are `kd`'s with the soft term divided by C (`PKDLoss` extends `KDLoss`: same `alpha`,
+`temperature` and checks).
+
+Scale of L_DS: the official `distillation_loss` (src/KD_loss.py) is
+`nn.KLDivLoss(reduction='mean')(log_softmax(z_S / T), softmax(z_T / T)) * T * T`; reduction
+'mean' averages over all B * C elements, so its L_DS is `kd`'s per-example sum over classes
+divided by C. The paper's alpha and beta were tuned against that scale (with `kd`'s sum, beta
+500 would weigh the patient term C times less against L_DS than in the paper), so this loss
+follows the official reduction: the logged `kd` term is (T^2 / C) * mean_b KL.
 
 Patient pairs: the layer mapping without any pair that holds the teacher's top block. The
 teacher's last layer speaks through its logits, which L_DS already matches, so the paper never
@@ -26,10 +34,10 @@ alpha 0.7 and T 10, src/argument_parser.py `kd.cls`) is tuned for that reduction
 keeps it so the published settings carry over.
 
 Choices where paper or code are silent or differ:
-- L_DS is `kd`'s per-example sum over classes (Hinton's). The official code's `KLDivLoss` uses
-  reduction 'mean', which also divides by the number of classes C; here alpha and T mean what they
-  mean in `kd`, so the two families compare at equal settings.
-- Regression (STS-B): L_CE is the MSE on labels and L_DS the MSE between logits, as in `kd`.
+- L_DS divides by C as the official code does (above), so `loss=pkd loss.beta=0` is `loss=kd`
+  with its soft term scaled by 1 / C, not `loss=kd` itself.
+- Regression (STS-B): L_CE is the MSE on labels and L_DS the MSE between logits, as in `kd`
+  (one output, C = 1: the division changes nothing).
 - `normalize: false` drops the L2 normalisation (the official `normalize_patience=False`); the
   paper's equation and its GLUE preset normalise.
 - Student and teacher must have the same width (the paper's students are BERT_base's width);
@@ -122,6 +130,9 @@ class PKDLoss(KDLoss):
 
     def forward(self, student_out, teacher_out, batch) -> dict[str, torch.Tensor]:
         terms = super().forward(student_out, teacher_out, batch)
+        classes = student_out.logits.shape[-1]  # (B, C): the official KLDivLoss 'mean' divides by B * C
+        soft = terms["kd"] / classes
+        terms = {**terms, "kd": soft, "loss": (1.0 - self.alpha) * terms["ce"] + self.alpha * soft}
         if not self.pairs_used:
             patience = terms["loss"].new_zeros(())
         else:
