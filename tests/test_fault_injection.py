@@ -5,6 +5,7 @@ the SIGTERM of a teacher fine-tune and the sweeps are real processes."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -16,20 +17,25 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from omegaconf import OmegaConf, open_dict
-
 from conftest import REPO, TINY_RUN
+from omegaconf import OmegaConf, open_dict
+from sweep_runs import children_of, mlflow_runs, sweep, sweep_env, sweep_parents
+
+from kdsuite.config_checks import MIN_SEQ_LENGTH
 from kdsuite.data import glue
 from kdsuite.data.run_data import data_digests
 from kdsuite.run import train
 from kdsuite.run.run_folder import (
-    IDENTITY_FILE, CheckpointsInTheWay, FolderOfAnotherRun, NoCompleteCheckpoint, missing_parts, run_identity,
+    IDENTITY_FILE,
+    CheckpointsInTheWay,
+    FolderOfAnotherRun,
+    NoCompleteCheckpoint,
+    missing_parts,
+    run_identity,
 )
-from kdsuite.config_checks import MIN_SEQ_LENGTH
 from kdsuite.stores.check import check_store
-from kdsuite.teacher.cache import cache_entry, get_or_finetune
 from kdsuite.tasks import get_task
-from sweep_runs import children_of, mlflow_runs, sweep, sweep_env, sweep_parents
+from kdsuite.teacher.cache import cache_entry, get_or_finetune
 
 CHECKPOINTED = [*TINY_RUN, "trainer.save_strategy=steps", "trainer.save_steps=2", "trainer.logging_steps=2"]
 
@@ -92,6 +98,10 @@ def test_explicit_output_dir_is_refused_to_another_config_finished_or_killed(fin
         train(in_folder(*CHECKPOINTED, "loss=kd"))
     assert train(same) == pytest.approx(kd_run.data.metrics["final_metric"])
 
+    # a finished run asked to save a student it did not save does not answer with its metric
+    with pytest.raises(ValueError, match="save_student=true, but the finished run .* saved no student"):
+        train(in_folder(*CHECKPOINTED, "loss=kd", "resume=true", "save_student=true"))
+
     # a folder from before identities were recorded: refused under an explicit output_dir, saying why
     (folder / IDENTITY_FILE).unlink()
     with pytest.raises(FolderOfAnotherRun, match=f"no {IDENTITY_FILE}"):
@@ -133,12 +143,18 @@ def test_missing_parts_names_what_a_checkpoint_lacks(tmp_path):
 
     save_file({"weight": torch.ones(64)}, str(checkpoint / "model.safetensors"))
     assert missing_parts(checkpoint) == []
-    assert missing_parts(checkpoint, world_size=2) == ["rng_state_0.pth", "rng_state_1.pth"]
     assert missing_parts(checkpoint, extra_files=("rollout_state.pt",)) == ["rollout_state.pt"]
+    assert missing_parts(checkpoint, world_size=2) == [
+        "rng_state_0.pth, rng_state_1.pth (it holds rng_state.pth: saved by a run on another number of processes)"]
     weights = checkpoint / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-10])  # cut short
     [problem] = missing_parts(checkpoint)
     assert problem.startswith("model.safetensors truncated")
+    weights.unlink()  # a sharded checkpoint whose index lists a shard that is not there
+    save_file({"weight": torch.ones(64)}, str(checkpoint / "model-00001-of-00002.safetensors"))
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    assert missing_parts(checkpoint) == ["shard model-00002-of-00002.safetensors missing"]
 
 
 # -- 3. caches and identities are keyed by the rows, not the folder ------------------------------
@@ -168,6 +184,8 @@ def test_teacher_cache_and_run_identity_follow_the_rows(make_config, glue_dir, t
     assert run_identity(cfg_a, data_digests(cfg_a, task)).hash == run_identity(cfg_b, data_digests(cfg_b, task)).hash
     before = cache_entry(cfg_a)
     identity_before = run_identity(cfg_a, data_digests(cfg_a, task))
+    # two processes train with twice the effective batch: another run, with another folder
+    assert run_identity(cfg_a, data_digests(cfg_a, task), world_size=2).hash != identity_before.hash
     flip_rte_labels(first)  # an edit in place
     after = cache_entry(cfg_a)
     identity_after = run_identity(cfg_a, data_digests(cfg_a, task))
@@ -213,6 +231,21 @@ def test_unreachable_tracking_server_is_named(make_config, monkeypatch):
         train(cfg)
 
 
+def test_a_server_that_is_not_mlflow_is_named_as_answering_with_an_error(monkeypatch):
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # 501 to every GET
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    uri = f"http://127.0.0.1:{server.server_port}/"
+    try:
+        with pytest.raises(ValueError, match=rf"tracking.uri='{uri}': the server answered, with an error"):
+            check_store(uri)
+    finally:
+        server.shutdown()
+
+
 def test_sqlite_store_in_a_missing_folder_or_under_a_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"tracking.uri=.*the folder .*nonexistent_dir does not exist"):
         check_store(f"sqlite:///{tmp_path / 'nonexistent_dir' / 'x.db'}")
@@ -221,6 +254,8 @@ def test_sqlite_store_in_a_missing_folder_or_under_a_file_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"tracking.uri=.*a_file is a file, not a folder"):
         check_store(f"sqlite:///{tmp_path / 'a_file' / 'x.db'}")
     check_store(f"sqlite:///{tmp_path / 'x.db'}")  # a new store in an existing folder is fine
+    with pytest.raises(ValueError, match=r"tracking.uri='sqlite:///~/x.db': MLflow does not expand ~"):
+        check_store("sqlite:///~/x.db")
 
 
 # -- 6 and 7. every setting checked before work, by name -----------------------------------------
@@ -234,9 +269,10 @@ def test_sqlite_store_in_a_missing_folder_or_under_a_file_is_refused(tmp_path):
     ("dataset.max_train_samples=-5", r"dataset.max_train_samples=-5 must be >= 1 or null"),
     ("dataset.max_seq_length=3", rf"dataset.max_seq_length=3 must be >= {MIN_SEQ_LENGTH}"),
     ("trainer.max_steps=0", r"trainer.max_steps=0 must be >= 1, or -1"),
+    ("loss=minilm loss.teacher_layer=abc", r"loss.teacher_layer='abc' is not an integer"),  # an `int | None` setting
 ])
 def test_bad_settings_are_named_before_any_work(make_config, override, expected):
-    cfg = make_config(*TINY_RUN, override)
+    cfg = make_config(*TINY_RUN, *override.split())
     with pytest.raises(ValueError, match=expected):
         train(cfg)
     assert not Path(cfg.cache_dir).exists()  # no teacher was fine-tuned
@@ -256,7 +292,8 @@ def test_codir_warns_of_more_negatives_than_the_training_set_holds(make_config, 
 @pytest.mark.slow(seconds=45)
 def test_sweep_failures_are_visible_in_mlflow_and_trials_csv(tmp_path, glue_dir):
     # a trial whose sampled value fails the loss's check: a FAILED child with its error
-    sweep(tmp_path, glue_dir, "hydra/sweeper=kdsuite_optuna", "loss=kd", "loss.alpha=interval(1.5,2.5)", "hydra.sweeper.n_trials=1", check=False)
+    sweep(tmp_path, glue_dir, "hydra/sweeper=kdsuite_optuna", "loss=kd", "loss.alpha=interval(1.5,2.5)",
+          "hydra.sweeper.n_trials=1", check=False)
     client, runs = mlflow_runs(tmp_path)
     [parent] = sweep_parents(runs)
     [child] = children_of(runs, parent)
@@ -267,8 +304,8 @@ def test_sweep_failures_are_visible_in_mlflow_and_trials_csv(tmp_path, glue_dir)
     # a shared setting that every trial would fail on: the parent FAILED, naming it, no child
     shared = tmp_path / "shared"
     shared.mkdir()
-    result = sweep(shared, glue_dir, "hydra/sweeper=kdsuite_optuna", "loss=kd", "dataset.max_train_samples=0", "loss.alpha=interval(0.1,0.9)",
-                   "hydra.sweeper.n_trials=1", check=False)
+    result = sweep(shared, glue_dir, "hydra/sweeper=kdsuite_optuna", "loss=kd", "dataset.max_train_samples=0",
+                   "loss.alpha=interval(0.1,0.9)", "hydra.sweeper.n_trials=1", check=False)
     assert result.returncode != 0 and "dataset.max_train_samples=0" in result.stderr
     client, runs = mlflow_runs(shared)
     [parent] = sweep_parents(runs)
@@ -287,7 +324,8 @@ def test_truncated_cached_teacher_is_rebuilt_with_a_warning(make_config, caplog)
     again = make_config(*TINY_RUN, "loss=kd", "seed=43")
     with caplog.at_level(logging.WARNING, logger="kdsuite.teacher.cache"):
         train(again)
-    assert f"cached teacher {entry.path} does not load" in caplog.text
+    assert f"cached teacher {entry.path} cannot be used (model.safetensors" in caplog.text
+    assert len(list(entry.path.parent.glob(f"{entry.path.name}.damaged-*"))) == 1  # kept aside, not deleted
     client = mlflow.MlflowClient(cfg.tracking.uri)
     teachers = client.search_runs([client.get_experiment_by_name("kdsuite").experiment_id], "tags.role = 'teacher'")
     assert len(teachers) == 2  # fine-tuned again

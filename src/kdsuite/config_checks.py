@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import types
 import typing
 from typing import Any
 
@@ -162,6 +163,9 @@ def check_loss(loss: dict) -> None:
             allowed = sorted(name for name, p in parameters.items() if p.kind != inspect.Parameter.VAR_KEYWORD)
             raise ValueError(f"loss.{key} is not a setting of {target}; its settings are {allowed}")
         hint = hints.get(key)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType):  # `int | None`: check the int
+            kinds = [kind for kind in typing.get_args(hint) if kind is not type(None)]
+            hint = kinds[0] if len(kinds) == 1 else hint
         if hint in (int, float) and value is not None:
             if not _is_number(value) or (hint is int and not float(value).is_integer()):
                 kind = "an integer" if hint is int else "a number"

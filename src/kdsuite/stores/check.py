@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import mlflow
+from mlflow.exceptions import MlflowException
 
 # How long the check waits for an HTTP tracking server, at most (MLflow's own default retries a
 # dead server for about 255 s).
@@ -26,7 +27,10 @@ def check_store(uri: str) -> None:
         location = uri[len(prefix):].split("?", 1)[0]
         if not location or location == ":memory:":
             return
-        path = Path(location).expanduser()
+        if location.startswith("~"):
+            raise ValueError(f"tracking.uri={uri!r}: MLflow does not expand ~ in a SQLite path (it would make a "
+                             f"folder named ~ here): give the absolute path")
+        path = Path(location)
         for ancestor in reversed(path.absolute().parents):
             if ancestor.exists() and not ancestor.is_dir():
                 raise ValueError(f"tracking.uri={uri!r}: {ancestor} is a file, not a folder, so the database "
@@ -47,7 +51,18 @@ def check_store(uri: str) -> None:
         os.environ[MLFLOW_HTTP_REQUEST_MAX_RETRIES.name] = "0"
         try:
             mlflow.MlflowClient(uri).search_experiments(max_results=1)
-        except Exception as error:  # connection refused, timeout, an HTTP error: the store is unusable
+        except MlflowException as error:
+            if "failed with exception" in str(error):  # MLflow's wording for no answer (refused, timed out)
+                raise ValueError(
+                    f"tracking.uri={uri!r}: the tracking server did not answer within {timeout} s "
+                    f"({str(error)[:200]}); start it, or set tracking.uri to another store "
+                    f"(sqlite:///mlflow.db for a local one)"
+                ) from None
+            raise ValueError(
+                f"tracking.uri={uri!r}: the server answered, with an error ({str(error)[:200]}); check that the "
+                f"URI is an MLflow tracking server and its credentials"
+            ) from None
+        except Exception as error:  # connection refused, a timeout: the server does not answer
             raise ValueError(
                 f"tracking.uri={uri!r}: the tracking server did not answer within {timeout} s "
                 f"({type(error).__name__}: {str(error)[:200]}); start it, or set tracking.uri to another "

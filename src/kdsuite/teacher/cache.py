@@ -8,16 +8,20 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
+from safetensors import SafetensorError
 from omegaconf import DictConfig, OmegaConf
 from transformers import PreTrainedModel
 
+from kdsuite import distributed
 from kdsuite.data.run_data import data_digests
 from kdsuite.identity import key_hash
 from kdsuite.tasks import get_task
+from kdsuite.weights_files import weights_problems
 
 log = logging.getLogger(__name__)
 
@@ -91,22 +95,48 @@ def cache_entry(cfg: DictConfig, digests: dict[str, str] | None = None) -> Cache
     return CacheEntry(key, path)
 
 
-def load_cached(path: Path, model_class) -> FineTunedTeacher | None:
-    """The teacher cached at `path`, or None when there is none or it does not load (a truncated
-    weights file, a missing or unreadable record): the caller, holding the lock, then rebuilds it.
-    A damaged entry is moved aside, with a warning naming it and what failed."""
-    meta_path = path / META_FILE
+def entry_problem(path: Path) -> str | None:
+    """Why the cache entry at `path` cannot be used as it is (missing, its record unreadable, its
+    weights cut short), or None. Reads the record and the weights' headers only."""
     if not path.exists():
-        return None
+        return "missing"
     try:
-        meta = json.loads(meta_path.read_text())
-        model = model_class.from_pretrained(path)
-        return FineTunedTeacher(model, path, meta["metrics"], meta.get("run_id"), from_cache=True)
-    except Exception as error:  # any failure to load means the entry cannot be used as it is
-        log.warning("cached teacher %s does not load (%s: %s); fine-tuning it again",
-                    path, type(error).__name__, str(error)[:300])
-        shutil.rmtree(path, ignore_errors=True)
+        meta = json.loads((path / META_FILE).read_text())
+        meta["metrics"]
+    except (OSError, ValueError, KeyError) as error:
+        return f"{META_FILE} unreadable ({type(error).__name__})"
+    problems = weights_problems(path)
+    return "; ".join(problems) if problems else None
+
+
+def move_aside(path: Path, why: str) -> Path:
+    """Rename a damaged entry to `<entry>.damaged-<time>` (kept for a look, never deleted: it may
+    have cost hours), with a warning naming it."""
+    aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+    path.rename(aside)
+    log.warning("cached teacher %s cannot be used (%s): moved to %s; fine-tuning it again", path, why, aside)
+    return aside
+
+
+def load_cached(path: Path, model_class, repair: bool = True) -> FineTunedTeacher | None:
+    """The teacher cached at `path`, or None when there is none or it is damaged (a truncated
+    weights file, a missing or unreadable record): the caller, holding the lock, then rebuilds it,
+    and the damaged entry is moved aside with a warning naming it. `repair=False` (a process that
+    must not change the cache: a DDP rank other than the main one) raises instead."""
+    problem = entry_problem(path)
+    if problem == "missing":
         return None
+    if problem is None:
+        meta = json.loads((path / META_FILE).read_text())
+        try:
+            model = model_class.from_pretrained(path)
+            return FineTunedTeacher(model, path, meta["metrics"], meta.get("run_id"), from_cache=True)
+        except (OSError, ValueError, SafetensorError) as error:  # unreadable files; other errors (OOM) propagate
+            problem = f"{type(error).__name__}: {str(error)[:300]}"
+    if not repair:
+        raise RuntimeError(f"cached teacher {path} cannot be used ({problem}) and this process may not rebuild it")
+    move_aside(path, problem)
+    return None
 
 
 def get_or_finetune(entry: CacheEntry, model_class, finetune) -> FineTunedTeacher:
@@ -115,7 +145,7 @@ def get_or_finetune(entry: CacheEntry, model_class, finetune) -> FineTunedTeache
     path = entry.path
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
-        cached = load_cached(path, model_class)
+        cached = load_cached(path, model_class, repair=distributed.is_main_process())
         if cached is not None:
             return cached
         staging = path.with_name(path.name + ".partial")

@@ -18,7 +18,7 @@ from typing import Callable
 from omegaconf import OmegaConf, open_dict
 
 from kdsuite import distributed
-from kdsuite.teacher.cache import META_FILE, FineTunedTeacher
+from kdsuite.teacher.cache import FineTunedTeacher, entry_problem, move_aside
 
 # What the child runs: the run's own job module fetches the teacher (named as text, so that this
 # package does not import the run that imports it).
@@ -32,7 +32,10 @@ def teacher_for_every_process(run, prepare_teacher: Callable[[object], FineTuned
         return prepare_teacher(run)
     with distributed.main_process_first():
         entry = run.teacher_entry
-        if distributed.is_main_process() and not (entry.path / META_FILE).is_file():
+        problem = entry_problem(entry.path) if distributed.is_main_process() else None
+        if problem is not None:  # missing or damaged: rebuilt by one process, never by the DDP group
+            if problem != "missing":
+                move_aside(entry.path, problem)
             finetune_in_child_process(run)
         return prepare_teacher(run)
 
