@@ -8,9 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import CONF_DIR
+from omegaconf import OmegaConf
+from tiny_encoders import context_for, tiny_bert
 
 from kdsuite.losses.distilbert import DistilBERTLoss
-from tiny_encoders import context_for, tiny_bert
 
 LENGTHS = [5, 3, 1]
 
@@ -24,7 +26,7 @@ def outputs(seed, classes=3, width=6, grad=False):
 
 def test_terms_values_and_gradients_match_the_example():
     model = tiny_bert(1, 6, 2, num_labels=3)
-    loss = DistilBERTLoss(context_for(model, model, [(1, 1)]))
+    loss = DistilBERTLoss(context_for(model, model, [(1, 1)]), alpha_ce=5.0, alpha_task=2.0, alpha_cos=1.0)
     student, teacher = outputs(1, grad=True), outputs(2)
     mask = torch.tensor([[1] * n + [0] * (5 - n) for n in LENGTHS])
     labels = torch.tensor([2, 0, 1])
@@ -67,6 +69,17 @@ def test_regression_soft_term_is_the_mse_between_outputs():
     terms = loss(student, teacher, {"labels": torch.tensor([1.0, 2.0, 3.0]), "attention_mask": torch.ones(3, 5)})
     assert terms["kd"].item() == pytest.approx(((student.logits - teacher.logits) ** 2).mean().item(), rel=1e-6)
     assert terms["loss"].item() == pytest.approx(terms["kd"].item(), rel=1e-6)
+
+
+def test_defaults_are_the_task_level_scripts_and_the_preset_repeats_them():
+    """run_squad_w_distillation.py: T 2, alpha_ce 0.5, alpha_squad 0.5; the cosine weight is the
+    pre-training command's 1 (the task-level script has none)."""
+    model = tiny_bert(1, 6, 2, num_labels=3)
+    loss = DistilBERTLoss(context_for(model, model, [(1, 1)]))
+    assert (loss.temperature, loss.alpha_ce, loss.alpha_task, loss.alpha_cos) == (2.0, 0.5, 0.5, 1.0)
+    preset = OmegaConf.load(CONF_DIR / "loss" / "distilbert.yaml")
+    assert {key: preset[key] for key in ("temperature", "alpha_ce", "alpha_task", "alpha_cos")} == {
+        "temperature": 2.0, "alpha_ce": 0.5, "alpha_task": 0.5, "alpha_cos": 1.0}
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,22 @@ to a task, as the transformers distillation example (`examples/research_projects
                                                                  CosineEmbeddingLoss with target 1)
 
 Pre-training's masked-LM term (`alpha_mlm`) and causal-LM term (`alpha_clm`) do not apply to a
-sequence classifier: the gold-label task loss takes the MLM term's place, with its weight.
-Defaults: T = 2 (the example's `--temperature`), alpha_ce = 5, alpha_task = 2 (the example's
-`--alpha_mlm`), alpha_cos = 1 (its README's training command). The weights are not mixing weights:
-any value >= 0.
+sequence classifier: the gold-label task loss takes their place.
+
+Defaults, and where each comes from. The example has two settings: the pre-training run (its
+README's `train.py` command: T 2, alpha_ce 5, alpha_mlm 2, alpha_cos 1) and the task-level
+distillation of an already fine-tuned teacher (`run_squad_w_distillation.py`: T 2, alpha_ce 0.5,
+alpha_squad 0.5, and no cosine term). kdsuite distils a fine-tuned teacher on a task, the second
+setting, so:
+- T = 2: both settings.
+- alpha_ce = 0.5, alpha_task = 0.5: `run_squad_w_distillation.py`'s `--alpha_ce` and
+  `--alpha_squad`. They were the pre-training run's 5 and 2 before, weights chosen beside a
+  masked-LM term rather than a task loss.
+- alpha_cos = 1: the pre-training command's `--alpha_cos`. The task-level script has no cosine
+  term, so this weight has no task-level source; it is kept because the family is asked to carry
+  DistilBERT's cosine term. `loss.alpha_cos=0` gives the task-level script's objective exactly;
+  `loss.alpha_ce=5 loss.alpha_task=2` gives the pre-training run's weights.
+The weights are not mixing weights: any value >= 0.
 
 Choices:
 - The soft term is logged as `kd` (the suite's name for the tempered KL, `ce` being the task loss).
@@ -54,8 +66,8 @@ class DistilBERTLoss(DistillationLoss):
         self,
         context: LossContext,
         temperature: float = 2.0,
-        alpha_ce: float = 5.0,
-        alpha_task: float = 2.0,
+        alpha_ce: float = 0.5,
+        alpha_task: float = 0.5,
         alpha_cos: float = 1.0,
     ):
         refuse_causal_lm(self.name, context)
