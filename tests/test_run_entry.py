@@ -7,7 +7,6 @@ import sys
 import mlflow
 import pytest
 import yaml
-
 from conftest import REPO
 
 
@@ -37,13 +36,15 @@ def test_run_py_with_smoke_preset(tmp_path, glue_dir):
 
 def test_a_sweeps_own_process_does_not_import_the_training_stack():
     """`run.py -m` composes, sweeps and launches; its trials import the Trainer themselves. run.py,
-    the sweeper plugin and the light `kdsuite.run` modules (stores, Optuna trial keys) leave the
-    training stack unimported, which is about 7 s of every multirun's start on a 2-core CPU."""
+    the sweeper plugin and what it needs (`kdsuite.stores`, `kdsuite.config_checks`, the MLflow
+    names) leave the training stack unimported, which is about 7 s of every multirun's start on a
+    2-core CPU."""
     probe = ("import sys, runpy; sys.argv = ['run.py']; "
              f"runpy.run_path({str(REPO / 'run.py')!r}, run_name='not_main'); "
-             "import kdsuite.run, kdsuite.stores.optuna_trial, kdsuite.stores.lock, kdsuite.run.tracking, "
-             "hydra_plugins.kdsuite_optuna_sweeper.sweeper; "
-             "print(' '.join(m for m in ('kdsuite.run.job', 'kdsuite.trainer', 'transformers.trainer') if m in sys.modules))")
+             "import kdsuite.stores.optuna_trial, kdsuite.stores.lock, kdsuite.stores.check, kdsuite.config_checks, "
+             "kdsuite.tracking_names, hydra_plugins.kdsuite_optuna_sweeper.sweeper; "
+             "print(' '.join(m for m in ('kdsuite.run.job', 'kdsuite.trainer', 'transformers.trainer') "
+             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == []
