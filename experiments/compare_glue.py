@@ -29,7 +29,14 @@ from kdsuite.reports.comparison import comparison_run
 from kdsuite.reports.markdown import write_results
 from kdsuite.reports.plots import save_bar_charts
 from kdsuite.reports.results_table import (
-    RunResult, build_table, describe_update, finished_runs, read_record, run_results, teacher_scores, update_record,
+    RunResult,
+    build_table,
+    describe_update,
+    finished_runs,
+    read_record,
+    run_results,
+    teacher_scores,
+    update_record,
 )
 from kdsuite.tasks import get_task
 

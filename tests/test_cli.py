@@ -11,7 +11,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from conftest import REPO
 from sweep_runs import FAST, children_of, mlflow_runs, sweep_parents
 

@@ -7,7 +7,6 @@ import json
 
 import mlflow
 import pytest
-
 from conftest import TINY_RUN
 
 pytestmark = pytest.mark.e2e

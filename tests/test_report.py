@@ -8,11 +8,11 @@ import subprocess
 
 import mlflow
 import pytest
+from conftest import CONF_DIR, TINY_RUN, glue_path
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 from scipy.stats import ttest_rel
 
-from conftest import CONF_DIR, TINY_RUN, glue_path
 from kdsuite.cli.report import main
 
 pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("report_store")]

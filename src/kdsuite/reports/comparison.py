@@ -57,7 +57,8 @@ class ComparisonSummary(Callback):
             return
         runs = client.search_runs(
             [experiment.experiment_id],
-            filter_string=f"tags.comparison = '{sweep_dir}' and tags.role = 'student' and attributes.status = 'FINISHED'",
+            filter_string=(f"tags.comparison = '{sweep_dir}' and tags.role = 'student' "
+                           "and attributes.status = 'FINISHED'"),
         )
         metric = runs[0].data.tags.get("main_metric", "metric") if runs else "metric"
         table = summary_markdown(summary_rows(runs), metric)

@@ -27,8 +27,8 @@ from pathlib import Path
 
 from scipy.stats import ttest_rel
 
-from kdsuite.reports.markdown import loss_rank, markdown_table
 from kdsuite import tracking_names as names
+from kdsuite.reports.markdown import loss_rank, markdown_table
 from kdsuite.tasks import get_task
 
 

@@ -31,8 +31,8 @@ from transformers import TrainerCallback
 
 from kdsuite import tracking_names as names
 from kdsuite.distributed import is_main_process, on_main_process, world_size
-from kdsuite.stores.lock import sqlite_lock
 from kdsuite.signals import RunKilled
+from kdsuite.stores.lock import sqlite_lock
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
-from safetensors import SafetensorError
 from omegaconf import DictConfig, OmegaConf
+from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
 from kdsuite import distributed
