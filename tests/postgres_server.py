@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Iterator
 
 
-
 def server_binaries() -> Path:
     """$KDSUITE_PG_BIN, else the newest /usr/lib/postgresql/<version>/bin (15 on Debian 12)."""
     if os.environ.get("KDSUITE_PG_BIN"):

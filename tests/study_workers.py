@@ -7,8 +7,8 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from hydra_plugins.kdsuite_optuna_sweeper.sampling import TrialSeededSampler
-from kdsuite.stores.optuna_trial import open_storage
 from kdsuite.stores.lock import database_lock
+from kdsuite.stores.optuna_trial import open_storage
 
 CONTINUOUS = {"a": FloatDistribution(0.0, 1.0), "b": FloatDistribution(0.1, 10.0, log=True)}
 FOUR_POINTS = {"a": CategoricalDistribution([1, 2]), "b": CategoricalDistribution(["x", "y"])}

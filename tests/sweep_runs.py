@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import mlflow
-
 from conftest import REPO
 
 FAST = [

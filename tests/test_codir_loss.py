@@ -9,7 +9,12 @@ import torch.nn.functional as F
 
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.codir import (
-    CoDIRLoss, NegativeSampler, bank_init_range, info_nce, init_memory_bank, update_memory_bank,
+    CoDIRLoss,
+    NegativeSampler,
+    bank_init_range,
+    info_nce,
+    init_memory_bank,
+    update_memory_bank,
 )
 from kdsuite.losses.kd import KDLoss
 from kdsuite.tasks import get_task

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
-
 from conftest import REPO
+
 from kdsuite.reports.comparison import summary_markdown, summary_rows
 
 

@@ -55,8 +55,8 @@ def test_experiment_presets_compose(make_config):
         assert cfg.dataset.name
 
 
-@pytest.mark.parametrize(("preset", "loss"), [("fdd_weights", "FDDLoss"), ("codir_weights", "CoDIRLoss"), ("kd_weights", "KDLoss"),
-                                                ("uld_weights", "ULDLoss")])
+@pytest.mark.parametrize(("preset", "loss"), [("fdd_weights", "FDDLoss"), ("codir_weights", "CoDIRLoss"),
+                                              ("kd_weights", "KDLoss"), ("uld_weights", "ULDLoss")])
 def test_sweep_presets_compose_and_select_their_loss(make_config, preset, loss):
     from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
 

@@ -14,11 +14,11 @@ import sys
 import mlflow
 import pytest
 import torch
+from conftest import REPO, glue_path
+from ddp_codir_worker import train_codir
 from safetensors.torch import load_file
 from transformers import set_seed
 
-from conftest import REPO, glue_path
-from ddp_codir_worker import train_codir
 from kdsuite import models
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.ce import CELoss

@@ -7,8 +7,8 @@ import mlflow
 import pytest
 import torch
 import transformers
-
 from conftest import TINY_RUN
+
 from kdsuite.run import train
 
 pytestmark = pytest.mark.e2e  # trains real runs

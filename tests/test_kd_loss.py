@@ -59,7 +59,8 @@ def test_kd_total_weights_ce_and_kd():
     student, teacher, labels = [[0.0, 1.0], [1.0, 0.0]], [[2.0, 0.0], [0.0, 2.0]], [0, 0]
     terms = KDLoss(context(), alpha=0.3, temperature=2.0)(out(student), out(teacher), {"labels": torch.tensor(labels)})
     ce = (-math.log(softmax(student[0], 1)[0]) - math.log(softmax(student[1], 1)[0])) / 2
-    kd = 4 * (hand_kl(softmax(teacher[0], 2), softmax(student[0], 2)) + hand_kl(softmax(teacher[1], 2), softmax(student[1], 2))) / 2
+    kd = 4 * (hand_kl(softmax(teacher[0], 2), softmax(student[0], 2))
+              + hand_kl(softmax(teacher[1], 2), softmax(student[1], 2))) / 2
     assert terms["ce"].item() == pytest.approx(ce, rel=1e-6)
     assert terms["kd"].item() == pytest.approx(kd, rel=1e-6)
     assert terms["loss"].item() == pytest.approx(0.7 * ce + 0.3 * kd, rel=1e-6)

@@ -6,14 +6,13 @@ single-threaded like it, to keep the test short."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-import logging
 
 import mlflow
 import pytest

@@ -5,8 +5,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from kdsuite.reports.markdown import MARKER, family_order, loss_rank, markdown_table, write_results
 from kdsuite.reports.sweep_report import trials_markdown
 

@@ -8,11 +8,11 @@ import math
 
 import pytest
 import torch
+from tiny_encoders import context_for, forward_both, padded_batch, tiny_bert
 from transformers import BertConfig
 
 from kdsuite.losses.attention import ProjectionCapture, attention_log_probs, row_kl
 from kdsuite.losses.minilm import MiniLMLoss, attention_transfer_terms, default_teacher_layer, relation_terms
-from tiny_encoders import context_for, forward_both, padded_batch, tiny_bert
 
 LENGTHS = [6, 4, 1]  # unequal lengths, one example of a single token
 
@@ -148,7 +148,8 @@ def test_hooks_recompute_the_attention_that_eager_attention_returns():
     capture = ProjectionCapture(model, [2])
     model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
     mine = attention_log_probs(capture.get(2, "query"), capture.get(2, "key"), 2, batch["attention_mask"]).exp()
-    theirs = eager(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True).attentions[1]
+    theirs = eager(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   output_attentions=True).attentions[1]
     valid = batch["attention_mask"].bool()[:, None, None, :].expand_as(mine)
     torch.testing.assert_close(mine[valid], theirs[valid], rtol=1e-5, atol=1e-6)
     capture.remove()
@@ -176,7 +177,8 @@ def test_loss_on_models_reads_the_last_blocks_and_clears_what_it_captured(versio
 
 def test_v1_refuses_unequal_heads_and_v2_takes_them():
     student, teacher = tiny_bert(2, 8, 4), tiny_bert(4, 12, 2)
-    with pytest.raises(ValueError, match="loss.version=v1 compares attention distributions head by head: the student has 4 heads, the teacher 2"):
+    with pytest.raises(ValueError, match="loss.version=v1 compares attention distributions head by head: "
+                                         "the student has 4 heads, the teacher 2"):
         MiniLMLoss(context_for(student, teacher, [(1, 2), (2, 4)]), version="v1")
     loss = MiniLMLoss(context_for(student, teacher, [(1, 2), (2, 4)]), version="v2", relation_heads=4)
     loss.bind_models(student, teacher)
@@ -225,5 +227,6 @@ def test_bad_settings_name_the_key(settings, message):
 
 def test_causal_lm_task_is_refused():
     student, teacher = tiny_bert(2, 8, 2), tiny_bert(4, 8, 2)
-    with pytest.raises(ValueError, match="loss=minilm distils BERT-style sequence classifiers.*task 'dolly' trains causal LMs"):
+    with pytest.raises(ValueError, match="loss=minilm distils BERT-style sequence classifiers.*"
+                                         "task 'dolly' trains causal LMs"):
         MiniLMLoss(context_for(student, teacher, [(2, 4)], task="dolly"))

@@ -9,7 +9,6 @@ import sys
 
 import mlflow
 import pytest
-
 from conftest import REPO, TINY_RUN
 from sweep_runs import sweep_env
 

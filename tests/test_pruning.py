@@ -36,8 +36,8 @@ def test_pruned_run_is_killed_in_mlflow(tmp_path):
 
 def test_sweeper_overrides_name_the_trial_that_pruning_reports_to(make_config, tmp_path):
     """The sweeper's `optuna.*` overrides compose without `+` and lead pruning to the same trial."""
-    from kdsuite.stores.optuna_trial import trial_overrides
     from kdsuite.run.pruning import pruning_callbacks
+    from kdsuite.stores.optuna_trial import trial_overrides
 
     assert pruning_callbacks(make_config(), "accuracy") == []  # a plain run: the keys are null
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"

@@ -9,13 +9,22 @@ import sys
 
 import mlflow
 import pytest
+from conftest import REPO
 from scipy.stats import ttest_rel
 
-from conftest import REPO
 from kdsuite.reports.markdown import MARKER
 from kdsuite.reports.results_table import (
-    RunResult, build_table, finished_runs, paired_test, pending, read_record, recipe_point, recipe_table, run_results,
-    teacher_scores, update_record,
+    RunResult,
+    build_table,
+    finished_runs,
+    paired_test,
+    pending,
+    read_record,
+    recipe_point,
+    recipe_table,
+    run_results,
+    teacher_scores,
+    update_record,
 )
 from kdsuite.tasks import get_task
 
@@ -79,7 +88,8 @@ def test_means_sds_and_paired_test(store):
 
 
 def test_resume_skips_finished_runs_only(store):
-    grid = [(task, "bert2l", loss, seed) for task in ("rte", "mrpc") for loss in ("ce", "kd", "fdd") for seed in (1, 2, 3)]
+    grid = [(task, "bert2l", loss, seed)
+            for task in ("rte", "mrpc") for loss in ("ce", "kd", "fdd") for seed in (1, 2, 3)]
     todo = pending(grid, run_results(finished(*store)))
     assert sorted(todo) == sorted((task, "bert2l", "ce", seed) for task in ("rte", "mrpc") for seed in (1, 2, 3))
 
@@ -157,7 +167,8 @@ def test_the_grid_trains_only_the_points_the_record_lacks():
 
 @pytest.mark.parametrize("name, record, student, tasks, losses", [
     ("glue_1epoch", "glue_1epoch_runs.csv", "bert2l", GLUE_TASKS, ["ce", "kd", "fdd", "codir"]),
-    ("ablation_1epoch", "glue_1epoch_runs.csv", "bert2l", ["rte", "mrpc", "stsb"], ["kd", "fdd_traj", "fdd_delta", "fdd"]),
+    ("ablation_1epoch", "glue_1epoch_runs.csv", "bert2l", ["rte", "mrpc", "stsb"],
+     ["kd", "fdd_traj", "fdd_delta", "fdd"]),
     ("glue", "glue_runs.csv", "bert2l", GLUE_TASKS, ["ce", "kd", "fdd", "codir"]),
     ("glue", "glue_runs.csv", "bert4l", ["rte", "mrpc", "stsb"], ["ce", "kd", "fdd", "codir"]),
     ("ablation", "glue_runs.csv", "bert2l", ["rte", "mrpc", "stsb"], ["kd", "fdd_traj", "fdd_delta", "fdd"]),

@@ -13,7 +13,6 @@ import sys
 import mlflow
 import pytest
 import torch
-
 from conftest import REPO
 
 pytestmark = pytest.mark.e2e

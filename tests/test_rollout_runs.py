@@ -9,15 +9,14 @@ import json
 import mlflow
 import pytest
 import torch
+from conftest import TINY_RUN
 from omegaconf import open_dict
 from safetensors.torch import load_file
 
-from kdsuite.losses.kd import KDLoss
 from kdsuite.losses.ce import CELoss
+from kdsuite.losses.kd import KDLoss
 from kdsuite.rollout import sources, teacher_store
 from kdsuite.run import train
-
-from conftest import TINY_RUN
 
 pytestmark = pytest.mark.e2e
 

@@ -55,7 +55,8 @@ def test_a_whole_file_drops_nothing_and_pairs_come_from_first_turns(tmp_path):
     path.write_text(json.dumps(records()))
     pairs, report = sharegpt.read_pairs(path, FILTERS, chunk_chars=16)
     assert report.records == 6 and report.dropped_records == 0 and report.dropped_tail_offset is None
-    assert [p.instruction for p in pairs] == [f'turn 0 of conversation {i}, quote " and brace }} ]' for i in (0, 1, 4, 5)]
+    assert [p.instruction for p in pairs] == [f'turn 0 of conversation {i}, quote " and brace }} ]'
+                                              for i in (0, 1, 4, 5)]
     assert pairs[1] == Instruction('turn 0 of conversation 1, quote " and brace } ]', "",
                                    'turn 1 of conversation 1, quote " and brace } ]')
     assert report.first_turn_pairs == report.kept_after_filters == 4

@@ -7,11 +7,10 @@ import os
 import signal
 
 import pytest
-import torch
 from transformers import BertConfig, BertForSequenceClassification, Trainer
 
-from kdsuite.losses.ce import CELoss
 from kdsuite.losses.base import LossContext
+from kdsuite.losses.ce import CELoss
 from kdsuite.signals import RunKilled, deferred_signals, stop_on_signals
 from kdsuite.tasks import get_task
 from kdsuite.trainer import DistillationTrainer, training_arguments

@@ -7,14 +7,15 @@ from types import SimpleNamespace
 
 import optuna
 import pytest
+from conftest import CONF_DIR
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from study_workers import SAMPLERS, ask_worker, create_storage_worker, open_shared_study, run_workers
 
-from conftest import CONF_DIR
 from hydra_plugins.kdsuite_optuna_sweeper.study_identity import identify
 from hydra_plugins.kdsuite_optuna_sweeper.sweeper import KdsuiteOptunaSweeper
 from kdsuite.stores.lock import sqlite_path
-from study_workers import SAMPLERS, ask_worker, create_storage_worker, open_shared_study, run_workers
+
 
 def test_sqlite_url_to_path():
     assert str(sqlite_path("sqlite:///optuna.db")) == "optuna.db"

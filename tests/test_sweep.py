@@ -7,9 +7,9 @@ import re
 import optuna
 import pytest
 from omegaconf import OmegaConf
+from sweep_runs import children_of, mlflow_runs, sweep, sweep_parents
 
 from kdsuite.reports.selection import newest_sweep_parent, selected_overrides, selection_id
-from sweep_runs import children_of, mlflow_runs, sweep, sweep_parents
 
 STUDY_NAME = re.compile(r"^fdd_weights_rte_bert2l_[0-9a-f]{10}$")
 

@@ -9,7 +9,6 @@ import time
 
 import optuna
 import pytest
-
 from sweep_runs import finish, start_sweep, sweep_command, sweep_env
 
 SWEEP = [

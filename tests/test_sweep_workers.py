@@ -8,7 +8,6 @@ import os
 
 import optuna
 import pytest
-
 from postgres_server import postgres_server, unavailable_reason
 from sweep_runs import children_of, finish, mlflow_runs, start_sweep, sweep, sweep_env, sweep_parents
 

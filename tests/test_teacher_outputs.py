@@ -9,10 +9,10 @@ import math
 import mlflow
 import pytest
 import torch
-
 from conftest import TINY_RUN
 from test_causal_track import FAST as CAUSAL_FAST
 from test_causal_track import dolly_jsonl  # noqa: F401 (a fixture)
+
 from kdsuite import models
 from kdsuite.run import job, train
 from kdsuite.run.assembly import build_run, build_student
@@ -218,7 +218,7 @@ def test_top_k_divergence_is_the_full_one_when_the_tail_is_one_token(divergence)
     torch.testing.assert_close(top_k_grad, full_grad, rtol=1e-6, atol=1e-9)
 
 
-def test_causal_kd_runs_on_cached_top_k_and_fdd_is_refused(make_config, dolly_jsonl, monkeypatch):
+def test_causal_kd_runs_on_cached_top_k_and_fdd_is_refused(make_config, dolly_jsonl, monkeypatch):  # noqa: F811 (fixture)
     causal = ["experiment=causal_smoke", f"dataset.path={dolly_jsonl}", *CAUSAL_FAST]
     with pytest.raises(ValueError) as error:
         build_run(make_config(*causal, "teacher.outputs=cached"))  # the preset's loss: fdd, logit lens

@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
+from tiny_encoders import context_for, forward_both, padded_batch, tiny_bert
 
 from kdsuite.losses.tinybert import TinyBERTLoss, attention_term, hidden_term, masked_scores, prediction_term
-from tiny_encoders import context_for, forward_both, padded_batch, tiny_bert
 
 LENGTHS = [7, 4, 2]
 
@@ -34,12 +34,15 @@ def test_attention_scores_and_their_mse_match_the_paper_and_official_masking():
     generator = torch.Generator().manual_seed(0)
     mask = torch.tensor([[1] * n + [0] * (7 - n) for n in LENGTHS])
     sq, sk = (torch.randn(3, 7, 8, generator=generator, dtype=torch.float64, requires_grad=True) for _ in range(2))
-    tq, tk = (torch.randn(3, 7, 12, generator=generator, dtype=torch.float64) for _ in range(2))  # wider teacher, same heads
+    # wider teacher, same heads
+    tq, tk = (torch.randn(3, 7, 12, generator=generator, dtype=torch.float64) for _ in range(2))
     student = masked_scores(sq, sk, 2, mask)
     teacher = masked_scores(tq, tk, 2, mask)
-    torch.testing.assert_close(student.double(), reference_scores(sq.detach(), sk.detach(), 2, LENGTHS), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(student.double(), reference_scores(sq.detach(), sk.detach(), 2, LENGTHS),
+                               rtol=1e-5, atol=1e-6)
     value = attention_term([student], [teacher])
-    expected = ((reference_scores(sq.detach(), sk.detach(), 2, LENGTHS) - reference_scores(tq, tk, 2, LENGTHS)) ** 2).mean()
+    expected = ((reference_scores(sq.detach(), sk.detach(), 2, LENGTHS)
+                 - reference_scores(tq, tk, 2, LENGTHS)) ** 2).mean()
     assert value.item() == pytest.approx(expected.item(), rel=1e-5)
     # the mean runs over every B x h x L x L entry, padding queries included (official)
     assert student[2, :, 5].abs().sum() > 0 and student[2, :, :, 2:].abs().sum() == 0
@@ -152,7 +155,8 @@ def test_both_stages_run_one_after_the_other_counted_in_training_calls():
         stages.append(terms["stage"].item())
         terms["loss"].backward()
         if step == 1:  # last intermediate step: the total is the intermediate one
-            assert terms["loss"].item() == pytest.approx((terms["attn"] + terms["hidn"] + terms["embd"]).item(), rel=1e-5)
+            assert terms["loss"].item() == pytest.approx((terms["attn"] + terms["hidn"] + terms["embd"]).item(),
+                                                         rel=1e-5)
         if step == 3:  # prediction stage: the total is pred, W_h gets a zero gradient
             assert terms["loss"].item() == pytest.approx(terms["pred"].item(), rel=1e-6)
             assert loss.hidden_projection.weight.grad.abs().sum() == 0

@@ -61,9 +61,9 @@ def one_plain_step(out_dir, batch: int, accumulation: int):
     no weight decay, no clipping, fp32 (the tolerance assumes it; bf16 would be on by default on
     a GPU)."""
     return training_arguments(
-        {"max_steps": 1, "bf16": False, "per_device_train_batch_size": batch, "gradient_accumulation_steps": accumulation,
-         "eval_strategy": "no", "learning_rate": 1e-2, "warmup_steps": 0, "weight_decay": 0.0,
-         "max_grad_norm": 0.0, "lr_scheduler_type": "constant"},
+        {"max_steps": 1, "bf16": False, "per_device_train_batch_size": batch,
+         "gradient_accumulation_steps": accumulation, "eval_strategy": "no", "learning_rate": 1e-2,
+         "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 0.0, "lr_scheduler_type": "constant"},
         str(out_dir), seed=0,
     )
 

@@ -107,5 +107,6 @@ def test_the_pair_collator_pads_each_column_with_its_own_value():
          "align_groups": [-1], "example_index": 1, "alignment_coverage": 0.5},
     ])
     assert batch["input_ids"].tolist() == [[1, 2, 3], [1, 0, 0]] and batch["labels"].tolist()[1] == [-100] * 3
-    assert batch["teacher_input_ids"].tolist() == [[4, 7], [4, 5]] and batch["teacher_attention_mask"].tolist()[0] == [1, 0]
+    assert (batch["teacher_input_ids"].tolist() == [[4, 7], [4, 5]]
+            and batch["teacher_attention_mask"].tolist()[0] == [1, 0])
     assert batch["align_groups"].tolist()[1] == [-1, -1, -1] and batch["alignment_coverage"].tolist() == [1.0, 0.5]

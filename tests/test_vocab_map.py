@@ -39,7 +39,8 @@ def test_wordpiece_and_bpe_match_by_text(wordpiece):
     assert bpe.convert_tokens_to_ids("ĠThe") not in matched  # uncased WordPiece has no "The"
     assert bpe.convert_tokens_to_ids("</s>") not in matched  # special tokens take no part
     for teacher_id, student_id in matched.items():  # every match decodes to the same text
-        teacher_piece, student_piece = bpe.convert_ids_to_tokens(teacher_id), wordpiece.convert_ids_to_tokens(student_id)
+        teacher_piece = bpe.convert_ids_to_tokens(teacher_id)
+        student_piece = wordpiece.convert_ids_to_tokens(student_id)
         assert token_text(teacher_piece, "byte_level") == token_text(student_piece, "wordpiece")
     assert pairs.same_family_size is None
     assert pairs.size == len(matched) > 50 and pairs.teacher_coverage == pytest.approx(pairs.size / len(bpe))
