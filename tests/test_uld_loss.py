@@ -210,10 +210,15 @@ def test_an_extended_tokenizer_takes_the_same_family_shortcut(tmp_path):
 
 @pytest.mark.parametrize(("make", "message"), [
     (lambda: ULDLoss(LossContext(get_task("rte"), (), 8, 8, torch.zeros(2))), "encoder-only task"),
-    (lambda: ULDLoss(causal_context(), alignment="bytes"), r"loss.alignment='bytes' is not one of \['offsets', 'position'\]"),
+    (lambda: ULDLoss(causal_context(), alignment="bytes"),
+     r"loss.alignment='bytes' is not one of \['offsets', 'position'\]"),
     (lambda: ULDLoss(causal_context(), alpha=1.5), r"loss.alpha=1.5 must lie in \[0, 1\]"),
     (lambda: ULDLoss(causal_context(), temperature=0), "loss.temperature=0 must be > 0"),
     (lambda: ULDLoss(causal_context(), divergence="l2"), "loss.divergence='l2'"),
+    (lambda: ULDLoss(causal_context(), divergence="jsd"),
+     r"loss.divergence='jsd' is not one of \['forward_kl', 'reverse_kl', 'skew_kl'\]"),
+    (lambda: ULDLoss(causal_context(), divergence="skew_reverse_kl"),
+     r"loss.divergence='skew_reverse_kl' is not one of \['forward_kl', 'reverse_kl', 'skew_kl'\]"),
 ])
 def test_bad_settings_are_refused_naming_the_key(make, message):
     with pytest.raises(ValueError, match=message):

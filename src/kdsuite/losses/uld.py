@@ -37,6 +37,25 @@ Same family: when one vocabulary extends the other (or both are equal and only t
 sizes differ), the shared ids are the same tokens, so the term is kd's instead: `divergence` times
 T^2 over the shared ids, renormalised there, a mean over aligned positions (kd's token mean). The
 log says so when the loss is built.
+
+Choices where the paper, GOLD or the official code differ or are silent:
+- Hybrid renormalisation: the matched part compares softmax(z / T) restricted to the matched ids
+  and renormalised over them (a log_softmax over those columns). GOLD takes the full-vocabulary
+  probabilities (group scale included) at the matched ids without renormalising and applies its
+  JSD to those sub-distributions. Renormalising makes the matched part a divergence between two
+  distributions (>= 0, zero only when they agree on the matched ids), makes the hybrid with one
+  vocabulary exactly kd, and drops the mass each side puts outside the matched ids (which the
+  sorted part sees) and the group scale (which cancels).
+- `divergence` is forward_kl, reverse_kl or skew_kl (with `skew`). kd's causal losses also
+  accept `jsd`, which needs a `beta` this loss does not have, and skew_reverse_kl, which the
+  preset never offered; both are refused here, naming the key.
+- End of sequence under `alignment=position`: the official run builds its loss with
+  `skip_student_eos=True` (llm-recipes train/train_utils.py), which drops the student's last
+  response token (its eos) before the k-th/k-th truncation. kdsuite keeps it: position k of the
+  student is compared with position k of the teacher for k below the shorter response, eos
+  included when both responses are that long, so `position` and `offsets` (where eos aligns with
+  eos) cover the same tokens on one tokenizer. For responses of S (student) and T (teacher)
+  tokens the official run compares min(S - 1, T) positions, kdsuite min(S, T).
 """
 
 from __future__ import annotations
@@ -67,6 +86,7 @@ from kdsuite.losses.vocab_map import VocabMap, vocab_map
 log = logging.getLogger(__name__)
 
 ALIGNMENTS = ("offsets", "position")
+DIVERGENCES = ("forward_kl", "reverse_kl", "skew_kl")  # no `beta` here, so no jsd (module docstring)
 TEACHER_INPUT_KEYS = {"teacher_input_ids": "input_ids", "teacher_attention_mask": "attention_mask"}
 NO_GROUP = -1
 
@@ -283,6 +303,7 @@ class ULDLoss(DistillationLoss):
         check_weight("alpha", alpha)
         check_temperature(temperature)
         check_choice("alignment", alignment, ALIGNMENTS)
+        check_choice("divergence", divergence, DIVERGENCES)
         check_divergence(divergence, skew)
         if chunk_size < 1:
             raise ValueError(f"loss.chunk_size={chunk_size} must be >= 1")
