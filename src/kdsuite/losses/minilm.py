@@ -23,7 +23,13 @@ Paper settings and where they come from:
 - the student's block is its last (both papers); the teacher's is `teacher_layer`, default
   (null) the papers' choice for the teacher's size: its last block, except for 24-layer
   (large-size) teachers under v2, where MiniLMv2 reports that an upper-middle layer works better
-  and uses the 21st (BERT_large); an explicit `teacher_layer` applies to both versions;
+  and uses the 21st (BERT_large); an explicit `teacher_layer` applies to both versions.
+  Unverified for other large teachers: MiniLMv2 is said to use layer 19 of RoBERTa_large and
+  XLM-R_large, and third-party reproductions' RoBERTa-large configs do distil layer 19, but the
+  official microsoft/unilm minilm README (and the rest of that repository) gives no teacher
+  layers, and the paper's text could not be read here. So the default stays 21 for every
+  24-layer teacher, whatever its model_type; for RoBERTa-large or XLM-R-large teachers set
+  `loss.teacher_layer=19` to follow those reproductions;
 - `relation_heads` (v2), default (null) the paper's 48 for base-size (d = 768) and 64 for
   large-size (d = 1024) teachers, i.e. one relation head per 16 dimensions of the teacher:
   max(1, d_T // 16). It must divide both widths.
@@ -56,7 +62,7 @@ from kdsuite.losses.teacher_reads import TeacherReads, not_cacheable
 
 VERSIONS = ("v1", "v2")
 LARGE_TEACHER_LAYERS = 24  # MiniLMv2's large-size teachers (BERT_large, RoBERTa_large)
-LARGE_TEACHER_LAYER = 21  # the upper-middle layer MiniLMv2 distils from BERT_large
+LARGE_TEACHER_LAYER = 21  # the upper-middle layer MiniLMv2 distils from BERT_large (RoBERTa/XLM-R large: 19?)
 DIMS_PER_RELATION_HEAD = 16  # 768 / 48 (base) = 1024 / 64 (large)
 
 
