@@ -30,14 +30,8 @@ from pathlib import Path
 
 import mlflow
 
-from kdsuite.results_table import (
-    build_table,
-    cell_stats,
-    finished_runs,
-    pending,
-    run_results,
-    write_results,
-)
+from kdsuite.reports.markdown import write_results
+from kdsuite.reports.results_table import build_table, cell_stats, finished_runs, pending, run_results
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET, STUDENT = "sharegpt", "smollm2_l6"

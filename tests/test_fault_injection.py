@@ -92,15 +92,22 @@ def test_explicit_output_dir_is_refused_to_another_config_finished_or_killed(fin
     client, runs = student_runs(finished_kd)
     assert len(runs) == 1 and runs[0].data.params["loss._target_"].endswith("KDLoss")  # nothing was added
 
-    # the kd config itself still resumes (the identity matches)
+    # the kd config itself still resumes (the identity matches), also with save_student toggled on: it is
+    # not part of the identity, so the killed run's own folder and checkpoints are found
     same = in_folder(*CHECKPOINTED, "loss=kd", "resume=true")
     with pytest.raises(CheckpointsInTheWay):
         train(in_folder(*CHECKPOINTED, "loss=kd"))
-    assert train(same) == pytest.approx(kd_run.data.metrics["final_metric"])
+    assert train(in_folder(*CHECKPOINTED, "loss=kd", "resume=true", "save_student=true")) == pytest.approx(
+        kd_run.data.metrics["final_metric"])
+    assert (folder / "student" / "config.json").is_file()
+    client, [resumed] = student_runs(finished_kd)
+    assert resumed.info.run_id == kd_run.info.run_id and resumed.info.status == "FINISHED"
 
     # a finished run asked to save a student it did not save does not answer with its metric
+    shutil.rmtree(folder / "student")
     with pytest.raises(ValueError, match="save_student=true, but the finished run .* saved no student"):
         train(in_folder(*CHECKPOINTED, "loss=kd", "resume=true", "save_student=true"))
+    assert train(same) == pytest.approx(kd_run.data.metrics["final_metric"])  # without it, the shortcut answers
 
     # a folder from before identities were recorded: refused under an explicit output_dir, saying why
     (folder / IDENTITY_FILE).unlink()
