@@ -23,6 +23,16 @@ RESUMED_FROM_STEP = "resumed_from_step"
 OPTUNA_TRIAL = "optuna_trial"  # set on a sweep trial
 ENVIRONMENT = "environment"  # versions and device
 
+# Tags of a sweep's parent run (ROLE = SWEEP) and of a comparison run (ROLE = COMPARISON).
+OPTUNA_STUDY = "optuna_study"  # the study's name; also on each trial
+OPTUNA_STORAGE = "optuna_storage"  # the study's storage URL, password hidden
+STUDY_HASH = "study_hash"
+BEST_TRIAL = "best_trial"
+BEST_RUN_ID = "best_run_id"
+BEST_PREFIX = "best."  # best.<swept key>: the best trial's value of it
+FAILED_TRIALS = "failed_trials"
+COMPARISON_OF = "comparison"  # on a comparison and its student runs: the multirun folder compared
+
 # Metrics.
 FINAL_METRIC = "final_metric"  # the task's main dev metric after training: the run's objective
 

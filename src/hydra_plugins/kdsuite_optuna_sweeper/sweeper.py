@@ -57,6 +57,7 @@ from hydra_plugins.kdsuite_optuna_sweeper.heartbeat import (
 from hydra_plugins.kdsuite_optuna_sweeper.sampling import TrialSeededSampler
 from hydra_plugins.kdsuite_optuna_sweeper.search_space import split_overrides
 from hydra_plugins.kdsuite_optuna_sweeper.study_identity import StudyIdentity, identify
+from kdsuite import tracking_names as names
 from kdsuite.config_checks import check_settings
 from kdsuite.distributed import world_size
 from kdsuite.private_api import optuna_trial_id
@@ -183,7 +184,7 @@ class KdsuiteOptunaSweeper(Sweeper):
                 experiment_id = client.get_experiment_by_name(tracking.experiment).experiment_id
         found = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.role = 'sweep' and tags.optuna_study = '{study_name}'",
+            filter_string=f"tags.{names.ROLE} = '{names.SWEEP}' and tags.{names.OPTUNA_STUDY} = '{study_name}'",
             order_by=["attributes.start_time ASC"],
             max_results=1,
         )
@@ -194,9 +195,10 @@ class KdsuiteOptunaSweeper(Sweeper):
             run_id = client.create_run(
                 experiment_id,
                 run_name=f"sweep-{study_name}",
-                tags={"role": "sweep", "optuna_study": study_name, "optuna_storage": without_password(self.storage)},
+                tags={names.ROLE: names.SWEEP, names.OPTUNA_STUDY: study_name,
+                      names.OPTUNA_STORAGE: without_password(self.storage)},
             ).info.run_id
-        client.set_tag(run_id, "study_hash", identity.hash)
+        client.set_tag(run_id, names.STUDY_HASH, identity.hash)
         client.log_text(
             run_id,
             OmegaConf.to_yaml(OmegaConf.create({
@@ -213,8 +215,8 @@ class KdsuiteOptunaSweeper(Sweeper):
                    for name, value in trial.params.items()]
         bookkeeping = [
             f"tracking.parent_run_id={parent_run_id}",
-            f"+tracking.tags.optuna_study={study_name}",
-            f"+tracking.tags.optuna_trial={trial.number}",
+            f"+tracking.tags.{names.OPTUNA_STUDY}={study_name}",
+            f"+tracking.tags.{names.OPTUNA_TRIAL}={trial.number}",
         ]
         if self.storage:
             bookkeeping += trial_overrides(self.storage, study_name, optuna_trial_id(trial))
@@ -224,7 +226,7 @@ class KdsuiteOptunaSweeper(Sweeper):
     def _child_run(client, experiment_id, parent_run_id, number):
         found = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.optuna_trial = '{number}'",
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}' and tags.{names.OPTUNA_TRIAL} = '{number}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -303,13 +305,13 @@ class KdsuiteOptunaSweeper(Sweeper):
                     study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
                 except Exception as tell_error:  # the sweep's own error is the one to raise
                     log.warning("could not mark trial %d FAIL: %s", trial.number, tell_error)
-            client.set_tag(parent_run_id, "error", f"{type(error).__name__}: {error}"[:MAX_TAG_LENGTH])
+            client.set_tag(parent_run_id, names.ERROR, f"{type(error).__name__}: {error}"[:MAX_TAG_LENGTH])
             client.set_terminated(parent_run_id, status="FAILED")
             raise
         failed = [outcome for outcome in outcomes if outcome.state == optuna.trial.TrialState.FAIL]
         if outcomes and len(failed) == len(outcomes):
             first = f"trial {failed[0].number}: {failed[0].error}"
-            client.set_tag(parent_run_id, "error", first[:MAX_TAG_LENGTH])
+            client.set_tag(parent_run_id, names.ERROR, first[:MAX_TAG_LENGTH])
             client.set_terminated(parent_run_id, status="FAILED")
             raise SweepFailed(f"all {len(failed)} trials of study {study_name} failed; first error: {first}")
         client.set_terminated(parent_run_id, status="FINISHED")
@@ -344,7 +346,7 @@ class KdsuiteOptunaSweeper(Sweeper):
             else:
                 message = f"returned {error!r}, not a number"
             outcome, told = TrialOutcome(trial.number, states.FAIL, error=message), {"state": states.FAIL}
-            trial.set_user_attr("error", message[:MAX_TAG_LENGTH])  # trials.csv's `error` column
+            trial.set_user_attr(names.ERROR, message[:MAX_TAG_LENGTH])  # trials.csv's `error` column
             log.warning("trial %d failed: %s; the sweep goes on", trial.number, message)
         try:
             stored = study.tell(trial, **told, skip_if_finished=True)
@@ -394,15 +396,15 @@ class KdsuiteOptunaSweeper(Sweeper):
             mlflow.entities.Metric(key, value, now_ms, 0) for key, value in summary.items() if key != "study_name"
         ])
         failed = [str(t.number) for t in trials if t.state == optuna.trial.TrialState.FAIL]
-        client.set_tag(parent_run_id, "failed_trials", ",".join(failed) or "none")
+        client.set_tag(parent_run_id, names.FAILED_TRIALS, ",".join(failed) or "none")
         if summary["n_complete"]:
             best = study.best_trial
             client.log_metric(parent_run_id, "best_value", best.value)
             for name, value in best.params.items():  # tags, not params: a resumed sweep updates them
-                client.set_tag(parent_run_id, f"best.{name}", str(value))
-            client.set_tag(parent_run_id, "best_trial", str(best.number))
+                client.set_tag(parent_run_id, f"{names.BEST_PREFIX}{name}", str(value))
+            client.set_tag(parent_run_id, names.BEST_TRIAL, str(best.number))
             if best.number in run_ids:
-                client.set_tag(parent_run_id, "best_run_id", run_ids[best.number])
+                client.set_tag(parent_run_id, names.BEST_RUN_ID, run_ids[best.number])
             summary.update(best_trial=best.number, best_value=best.value, best_params=best.params)
         (report_dir / "best.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(summary)))
         log.info("sweep %s: %s", study.study_name, summary)

@@ -28,8 +28,9 @@ def summary_rows(runs) -> list[dict[str, object]]:
     groups: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for run in runs:
         tags = run.data.tags
-        if "final_metric" in run.data.metrics:
-            groups[tags["dataset"], tags["student"], tags["loss"]].append(run.data.metrics["final_metric"])
+        if names.FINAL_METRIC in run.data.metrics:
+            key = (tags[names.DATASET], tags[names.STUDENT_NAME], tags[names.LOSS])
+            groups[key].append(run.data.metrics[names.FINAL_METRIC])
     rows = []
     for (dataset, student, loss), values in sorted(groups.items()):
         rows.append({
@@ -57,17 +58,17 @@ class ComparisonSummary(Callback):
             return
         runs = client.search_runs(
             [experiment.experiment_id],
-            filter_string=(f"tags.comparison = '{sweep_dir}' and tags.role = 'student' "
+            filter_string=(f"tags.{names.COMPARISON_OF} = '{sweep_dir}' and tags.{names.ROLE} = '{names.STUDENT}' "
                            "and attributes.status = 'FINISHED'"),
         )
-        metric = runs[0].data.tags.get("main_metric", "metric") if runs else "metric"
+        metric = runs[0].data.tags.get(names.MAIN_METRIC, "metric") if runs else "metric"
         table = summary_markdown(summary_rows(runs), metric)
         path = Path(sweep_dir) / "summary.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(table)
         run = client.create_run(
             experiment.experiment_id, run_name=f"comparison-{Path(sweep_dir).name}",
-            tags={"role": "comparison", "comparison": sweep_dir},
+            tags={names.ROLE: names.COMPARISON, names.COMPARISON_OF: sweep_dir},
         )
         client.log_artifact(run.info.run_id, str(path))
         client.set_terminated(run.info.run_id)

@@ -3,6 +3,8 @@ parent run (the `best.<key>` tags the sweeper sets), as run.py overrides for fre
 
 from __future__ import annotations
 
+from kdsuite import tracking_names as names
+
 
 def newest_sweep_parent(client, experiment: str, preset: str, task: str, student: str):
     """The newest parent run of `sweep=<preset>` on (task, student) in an MLflow experiment (by
@@ -12,7 +14,8 @@ def newest_sweep_parent(client, experiment: str, preset: str, task: str, student
         return None
     parents = client.search_runs(
         [found.experiment_id],
-        filter_string=f"tags.role = 'sweep' and tags.optuna_study LIKE '{preset}_{task}_{student}_%'",
+        filter_string=(f"tags.{names.ROLE} = '{names.SWEEP}' "
+                       f"and tags.{names.OPTUNA_STUDY} LIKE '{preset}_{task}_{student}_%'"),
         order_by=["attributes.start_time DESC"], max_results=1,
     )
     return parents[0] if parents else None
@@ -21,7 +24,7 @@ def newest_sweep_parent(client, experiment: str, preset: str, task: str, student
 def selected_overrides(parent) -> list[str]:
     """The best trial's values as overrides (`loss.alpha=0.3`), sorted by key; [] before any
     trial completed."""
-    prefix = "best."
+    prefix = names.BEST_PREFIX
     return [f"{key[len(prefix):]}={value}" for key, value in sorted(parent.data.tags.items())
             if key.startswith(prefix)]
 
@@ -29,4 +32,4 @@ def selected_overrides(parent) -> list[str]:
 def selection_id(parent) -> str:
     """Names one selection: the study and its best trial, `<study>/<trial>` (a valid Hydra override
     value, for a run's tag). A study topped up later may select other values, and another id."""
-    return f"{parent.data.tags['optuna_study']}/{parent.data.tags.get('best_trial', 'none')}"
+    return f"{parent.data.tags[names.OPTUNA_STUDY]}/{parent.data.tags.get(names.BEST_TRIAL, 'none')}"

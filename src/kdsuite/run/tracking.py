@@ -351,9 +351,10 @@ def record_refused_trial(cfg: DictConfig, error: BaseException) -> None:
     try:
         client = mlflow.MlflowClient(cfg.tracking.uri)
         experiment_id = client.get_run(parent_run_id).info.experiment_id
-        tags = {"role": "student", "teacher": str(cfg.teacher.get("name")), "student": str(cfg.student.get("name")),
-                "dataset": str(cfg.dataset.get("name")), "seed": str(cfg.get("seed")),
-                "mlflow.parentRunId": parent_run_id, "error": describe_error(error)}
+        tags = {names.ROLE: names.STUDENT, names.TEACHER_NAME: str(cfg.teacher.get("name")),
+                names.STUDENT_NAME: str(cfg.student.get("name")), names.DATASET: str(cfg.dataset.get("name")),
+                names.SEED: str(cfg.get("seed")), "mlflow.parentRunId": parent_run_id,
+                names.ERROR: describe_error(error)}
         tags.update({key: str(value) for key, value in (cfg.tracking.get("tags") or {}).items()})
         run = client.create_run(experiment_id, run_name="refused-trial", tags=tags)
         client.log_text(run.info.run_id, "".join(traceback.format_exception(error)), "traceback.txt")
