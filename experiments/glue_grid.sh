@@ -12,7 +12,8 @@
 # Settings (environment): URI (MLflow, sqlite:///mlflow.db), EXPERIMENT, SEEDS ("1 2 3 4 5"),
 # TASKS (rte,mrpc,stsb,cola,sst2_8k), STUDENT (bert2l), LOSSES (ce,kd,fdd,codir), VARIANT (a name
 # tagged on every run, for the ablation's variants), JOBS (processes, 2), RECIPE and EXTRA (more
-# run.py overrides), RECORD (empty: none). A failed run is FAILED in MLflow and ends its seed's multirun; the next seed
+# run.py overrides), RECORD (empty: none), OUTPUTS (teacher.outputs: cached, or live for a loss that
+# refuses the store, such as tinybert and minilm). A failed run is FAILED in MLflow and ends its seed's multirun; the next seed
 # goes on, and a re-run retries it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +33,7 @@ for seed in ${SEEDS:-1 2 3 4 5}; do
   [ -z "$multiruns" ] && { echo "seed $seed: every point is in $record"; continue; }
   while read -r points; do
     # shellcheck disable=SC2086  # points, RECIPE and EXTRA are lists of overrides
-    python run.py -m $points "seed=$seed" "student=${STUDENT:-bert2l}" teacher.outputs=cached resume=true \
+    python run.py -m $points "seed=$seed" "student=${STUDENT:-bert2l}" "teacher.outputs=${OUTPUTS:-cached}" resume=true \
       ${RECIPE:-} ${EXTRA:-} "${tag[@]}" "tracking.uri=${URI:-sqlite:///mlflow.db}" \
       "tracking.experiment=${EXPERIMENT:-glue}" hydra/launcher=processes "hydra.launcher.n_jobs=$jobs" \
       < /dev/null || { echo "seed $seed ($points): a run failed (FAILED in MLflow); re-run this script to retry it"; status=1; }
