@@ -91,16 +91,17 @@ def test_checks_that_need_the_architectures_fail_in_build_run(make_config, overr
         build_run(make_config(*TINY_RUN, *overrides))
 
 
-@pytest.mark.parametrize(
-    ("loss", "message"),
-    [
-        ("tinybert", "teacher.outputs=cached: loss=tinybert reads the teacher's query/key/value projections"),
-        ("minilm", "teacher.outputs=cached: loss=minilm reads the teacher's query/key/value projections"),
-    ],
-)
-def test_cached_teacher_outputs_are_refused_naming_the_loss(make_config, loss, message):
-    with pytest.raises(ValueError, match=message):
-        build_run(make_config(*TINY_RUN, f"loss={loss}", "teacher.outputs=cached"))
+def test_tinybert_refuses_cached_outputs_naming_the_loss(make_config):
+    with pytest.raises(ValueError, match="teacher.outputs=cached: loss=tinybert follows the official code over"):
+        build_run(make_config(*TINY_RUN, "loss=tinybert", "teacher.outputs=cached"))
+
+
+def test_minilm_declares_its_teacher_blocks_projections_for_the_cache(make_config):
+    """minilm reads q/k/v of its one teacher block, and no logits (its task CE reads the labels)."""
+    minilm = build_run(make_config(*TINY_RUN, "loss=minilm", "teacher.outputs=cached")).loss
+    reads = minilm.cached_teacher_reads()
+    assert not reads.logits and reads.hidden_layers == ()
+    assert reads.projections == tuple((minilm.teacher_layer, p) for p in ("query", "key", "value"))
 
 
 def test_distilbert_declares_the_teachers_last_layer_for_the_cache(make_config):
@@ -111,17 +112,21 @@ def test_distilbert_declares_the_teachers_last_layer_for_the_cache(make_config):
 
 @pytest.mark.e2e
 @pytest.mark.slow(seconds=30)
-def test_pkd_trains_from_cached_teacher_outputs(make_config):
-    """pkd reads the logits and the patient layers' first token, which the store holds."""
+def test_pkd_and_minilm_train_from_cached_teacher_outputs(make_config):
+    """pkd reads the logits and the patient layers' first token, minilm its teacher block's q/k/v
+    and no logits: both from the store (one teacher fine-tune, shared)."""
     cfg = make_config(*TINY_RUN, "loss=pkd", "teacher.outputs=cached")
     assert build_run(cfg).loss.cached_teacher_reads().tokens == "cls"
     train(cfg)
+    train(make_config(*TINY_RUN, "loss=minilm", "teacher.outputs=cached"))
     client = mlflow.MlflowClient(cfg.tracking.uri)
     experiment = client.get_experiment_by_name(cfg.tracking.experiment)
-    [student] = [run for run in client.search_runs([experiment.experiment_id]) if run.data.tags["role"] == "student"]
-    assert student.info.status == "FINISHED"
-    assert {"train/ce", "train/kd", "train/pt"} <= set(student.data.metrics)
-    assert student.data.metrics["train/pt"] > 0
+    students = {run.data.tags["loss"]: run for run in client.search_runs([experiment.experiment_id])
+                if run.data.tags["role"] == "student"}
+    assert {loss: run.info.status for loss, run in students.items()} == {"pkd": "FINISHED", "minilm": "FINISHED"}
+    assert {"train/ce", "train/kd", "train/pt"} <= set(students["pkd"].data.metrics)
+    assert students["pkd"].data.metrics["train/pt"] > 0
+    assert {"train/qq_kl", "train/kk_kl", "train/vv_kl"} <= set(students["minilm"].data.metrics)
 
 
 @pytest.mark.parametrize(("preset", "target"), [("pkd_weights", "PKDLoss"), ("tinybert_weights", "TinyBERTLoss"),

@@ -25,6 +25,8 @@ from kdsuite.trainer import DistillationTrainer, model_inputs, training_argument
 # magnifies that: they agree within 5e-3 relative (1e-5 absolute for terms near 0), and the
 # gradient over all parameters within 1e-2 relative L2 norm. kd's logits and codir's pooled
 # vectors are stored in fp32: equal within 1e-6 (only the padding of the caching pass differs).
+# minilm's query/key/value projections are stored at the pass's precision (fp32 here): equal
+# within 1e-6 like kd's logits.
 FP16_TERMS_RTOL, FP16_TERMS_ATOL, FP16_GRAD_RTOL = 5e-3, 1e-5, 1e-2
 EXACT = (0.0, 1e-6, None)
 
@@ -59,6 +61,8 @@ FP16 = (FP16_TERMS_RTOL, FP16_TERMS_ATOL, FP16_GRAD_RTOL)
     (["loss=fdd", "loss.space=head"], FP16),
     (["loss=codir"], EXACT),
     (["loss=codir", "loss.pooling=cls"], EXACT),
+    (["loss=minilm"], EXACT),
+    (["loss=minilm", "loss.version=v1"], EXACT),
 ])
 def test_cached_outputs_give_the_live_losses_and_gradients(make_config, tmp_path, overrides, tolerance):
     rtol, atol, grad_rtol = tolerance

@@ -23,7 +23,9 @@ them), the teacher's come from its no-grad forward. Under DDP the hooks sit on t
 of the wrapped student and fire as usual. The loss clears the captured tensors after each call,
 so no step's activations outlive it; a forward that no loss call follows (the student's
 evaluation, a gradient-checkpointing recompute) leaves at most one forward's projections until the
-next forward overwrites them.
+next forward overwrites them. Under `teacher.outputs=cached` the teacher runs no forward while the
+student trains: its projections come from the teacher-output store (`teacher_projection`), which
+the same hooks filled in one pass over the training set, at the pass's precision (lossless).
 """
 
 from __future__ import annotations
@@ -92,6 +94,16 @@ class ProjectionCapture:
         for handle in self.handles:
             handle.remove()
         self.handles, self.outputs = [], {}
+
+
+def teacher_projection(teacher_out, capture: ProjectionCapture, layer: int, projection: str) -> torch.Tensor:
+    """The teacher's `projection` of block `layer`, (B, L, d): read back from the teacher-output
+    store when the run reads its teacher from there (`teacher.outputs=cached`: the teacher runs no
+    forward, so its hooks never fire), else the one its hook captured in this step's forward."""
+    stored = getattr(teacher_out, "projections", None)
+    if stored:
+        return stored[(layer, projection)]
+    return capture.get(layer, projection)
 
 
 def split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -43,6 +43,9 @@ Choices where the papers are silent (MiniLM distils task-agnostically, before fi
   code is released to compare with.
 - The attention is recomputed from the query/key/value projections captured by hooks
   (`attention.py`), in fp32; both models keep SDPA.
+- `teacher.outputs=cached`: the store holds the teacher block's q/k/v at every real token, at the
+  pass's precision (lossless), and no logits; padding is left out of everything the loss reads, so
+  the cached terms equal the live ones however a batch is padded.
 """
 
 from __future__ import annotations
@@ -50,11 +53,13 @@ from __future__ import annotations
 import torch
 
 from kdsuite.losses.attention import (
+    PROJECTIONS,
     ProjectionCapture,
     attention_log_probs,
     gradient_anchor,
     relation_log_probs,
     row_kl,
+    teacher_projection,
 )
 from kdsuite.losses.base import DistillationLoss, LossContext, check_choice
 from kdsuite.losses.baselines import check_nonnegative, refuse_causal_lm
@@ -155,9 +160,14 @@ class MiniLMLoss(DistillationLoss):
         self.pairs_used = [(self.student_layer, self.teacher_layer)]
 
     def cached_teacher_reads(self, top_k: int | None = None) -> TeacherReads:
-        raise not_cacheable(self.name, "reads the teacher's query/key/value projections (through forward hooks) to "
-                                       "recompute its attention distributions and relations, which the store does "
-                                       "not hold")
+        """The query, key and value projections of the teacher's block, at every real token; no logits
+        (the loss adds the task CE on the labels). The block depends on the teacher's depth, which
+        the run gives the loss before the teacher is loaded (LossContext.teacher_architecture)."""
+        if self.teacher_layer is None:
+            raise not_cacheable(self.name, "reads the query/key/value projections of a teacher block chosen by the "
+                                           "teacher's depth, which this run does not give the loss before the teacher "
+                                           "is loaded (LossContext.teacher_architecture)")
+        return TeacherReads(logits=False, projections=tuple((self.teacher_layer, p) for p in PROJECTIONS))
 
     def bind_models(self, student, teacher) -> None:
         """Check the layers against the models and hook the q/k/v projections of the two blocks."""
@@ -176,8 +186,8 @@ class MiniLMLoss(DistillationLoss):
         try:
             student_qkv = [student_capture.get(self.student_layer, p)
                            for p in ("query", "key", "value")]  # 3 x (B, L, d_S)
-            teacher_qkv = [teacher_capture.get(self.teacher_layer, p)
-                           for p in ("query", "key", "value")]  # 3 x (B, L, d_T)
+            teacher_qkv = [teacher_projection(teacher_out, teacher_capture, self.teacher_layer, p)
+                           for p in PROJECTIONS]  # 3 x (B, L, d_T)
             if self.version == "v1":
                 terms = attention_transfer_terms(student_qkv, teacher_qkv, student_capture.num_heads,
                                                  teacher_capture.num_heads, mask)

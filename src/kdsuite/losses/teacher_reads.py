@@ -17,6 +17,9 @@ class TeacherReads:
     pooling: str | None = None  # "mean"/"cls": hidden states pooled per example (codir)
     top_k: int | None = None  # causal LMs: top-k log-probs per response token + tail
     temperature: float = 1.0  # causal LMs: the distribution the top-k is taken from
+    # (block, "query" | "key" | "value"): the attention inputs of a block at every real token,
+    # from which an attention loss (minilm) recomputes distributions and relations
+    projections: tuple[tuple[int, str], ...] = ()
 
 
 def not_cacheable(loss_name: str, why: str) -> ValueError:

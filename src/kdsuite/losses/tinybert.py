@@ -144,8 +144,10 @@ class TinyBERTLoss(DistillationLoss):
         self._captures: tuple[ProjectionCapture, ProjectionCapture] | None = None
 
     def cached_teacher_reads(self, top_k: int | None = None) -> TeacherReads:
-        raise not_cacheable(self.name, "reads the teacher's query/key/value projections (through forward hooks) to "
-                                       "recompute its per-head attention scores, which the store does not hold")
+        raise not_cacheable(self.name, "follows the official code over padding positions too (the scores of padding "
+                                       "queries and the hidden states of padding tokens enter its MSEs), and those "
+                                       "depend on how far each batch is padded, which the store, holding each "
+                                       "example's real tokens, cannot reproduce")
 
     def bind_models(self, student, teacher) -> None:
         """Hook the query/key projections of the mapped blocks of both models."""
