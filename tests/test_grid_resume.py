@@ -36,10 +36,11 @@ def test_rerun_of_a_grid_trains_only_the_unfinished_points(tmp_path, glue_dir):
 
 @pytest.mark.slow(seconds=45)
 def test_grid_script_trains_only_the_points_its_record_lacks(tmp_path, glue_dir):
-    """`experiments/glue_grid.sh` on a new store: the point an earlier session recorded (its store
+    """`experiments/grids/glue_grid.sh` on a new store: the point an earlier session recorded (its store
     gone) is not trained again; the one it lacks is, and compare_glue adds it to the record."""
-    (tmp_path / "experiments").mkdir()
-    for name in ("glue_grid.sh", "grid_points.py", "compare_glue.py", "check_bf16.py"):
+    for kind in ("grids", "reports"):
+        (tmp_path / "experiments" / kind).mkdir(parents=True)
+    for name in ("grids/glue_grid.sh", "reports/compare_glue.py"):
         (tmp_path / "experiments" / name).symlink_to(REPO / "experiments" / name)
     for name in ("run.py", "conf"):
         (tmp_path / name).symlink_to(REPO / name)
@@ -49,13 +50,14 @@ def test_grid_script_trains_only_the_points_its_record_lacks(tmp_path, glue_dir)
     recipe = [o for o in TINY_RUN if not o.startswith(("student=", "dataset="))]
     env = sweep_env(TASKS="rte", LOSSES="ce,kd", SEEDS="1", RECIPE=" ".join(recipe), RECORD=str(record),
                     URI=uri, EXPERIMENT="kdsuite", GLUE_DIR=str(glue_dir), KDSUITE_CACHE=str(tmp_path / "cache"))
-    grid = subprocess.run(["bash", str(tmp_path / "experiments" / "glue_grid.sh")], cwd=tmp_path, env=env,
+    grid = subprocess.run(["bash", str(tmp_path / "experiments" / "grids" / "glue_grid.sh")], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=600)
     assert grid.returncode == 0, (grid.stdout + grid.stderr)[-4000:]
     [kd] = student_runs(tmp_path).values()  # ce was in the record: only kd trained
     assert kd.data.tags["loss"] == "kd" and kd.info.status == "FINISHED"
 
-    table = subprocess.run([sys.executable, str(tmp_path / "experiments" / "compare_glue.py"), "--tracking-uri", uri,
+    compare_glue = tmp_path / "experiments" / "reports" / "compare_glue.py"
+    table = subprocess.run([sys.executable, str(compare_glue), "--tracking-uri", uri,
                             "--experiment", "kdsuite", "--tasks", "rte", "--losses", "ce", "kd",
                             "--results", str(record.parent)],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
@@ -66,14 +68,13 @@ def test_grid_script_trains_only_the_points_its_record_lacks(tmp_path, glue_dir)
 
 
 def test_grid_scripts_stop_before_training_where_bf16_would_be_emulated(monkeypatch, capsys):
-    """`check_bf16.py`, which glue.sh, glue_grid.sh, tuned.sh and recipe.sh run first: a recipe
+    """`kdsuite.bf16_check`, which glue.sh, glue_grid.sh, tuned.sh and recipe.sh run first: a recipe
     pinning bf16 stops them (exit 2, naming the setting) on a machine with no GPU and no oneDNN
     bf16 kernels; the last setting wins; ALLOW_EMULATED_BF16=1 lets them go on."""
-    sys.path.insert(0, str(REPO / "experiments"))
-    import check_bf16
     import torch
 
     import kdsuite.trainer
+    from kdsuite import bf16_check as check_bf16
 
     recipe = ["trainer.num_train_epochs=3", "trainer.bf16=true"]
     assert check_bf16.emulated_bf16(recipe, has_gpu=False, cpu_bf16_kernels=False)

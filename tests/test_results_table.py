@@ -5,7 +5,6 @@ from the committed CSV record, byte for byte."""
 
 import csv
 import statistics
-import sys
 
 import mlflow
 import pytest
@@ -143,8 +142,7 @@ def test_runs_of_two_teachers_for_one_task_are_refused():
 
 
 def test_the_grid_trains_only_the_points_the_record_lacks():
-    sys.path.insert(0, str(REPO / "experiments"))
-    from grid_points import missing_multiruns, task_names
+    from kdsuite.reports.grid_points import missing_multiruns, task_names
 
     names = task_names(["rte", "mrpc", "sst2_8k"])
     assert names == {"rte": "rte", "mrpc": "mrpc", "sst2_8k": "sst2"}

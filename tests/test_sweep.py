@@ -45,7 +45,7 @@ def test_fdd_weight_sweep_tracks_parent_children_and_best(tmp_path, glue_dir):
 
     best = study.best_trial
     assert parent.data.metrics["best_value"] == pytest.approx(best.value)
-    # What experiments/tuned.sh trains on fresh seeds: the best trial's values, read back from MLflow.
+    # What experiments/grids/tuned.sh trains on fresh seeds: the best trial's values, read back from MLflow.
     assert newest_sweep_parent(client, "kdsuite", "fdd_weights", "rte", "bert2l").info.run_id == parent.info.run_id
     assert newest_sweep_parent(client, "kdsuite", "kd_weights", "rte", "bert2l") is None
     assert selected_overrides(parent) == [f"{name}={value}" for name, value in sorted(best.params.items())]

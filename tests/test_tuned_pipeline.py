@@ -1,4 +1,4 @@
-"""`experiments/tuned.sh` end to end, as a user runs it, on a tiny teacher: for each loss a
+"""`experiments/grids/tuned.sh` end to end, as a user runs it, on a tiny teacher: for each loss a
 `sweep=<loss>_weights` study on seed 1, the grid's defaults on a report seed, the selected weights
 trained on that seed with their selection tag, and `tuned.md` built from MLflow."""
 
@@ -18,10 +18,11 @@ RECIPE = [o for o in TINY_RUN if not o.startswith(("student=", "dataset="))] + [
 
 @pytest.mark.slow(seconds=180)
 def test_tuned_pipeline_sweeps_selects_reports_and_builds_its_table(tmp_path, glue_dir):
-    # tuned.sh works from the folder above its own; give it one of its own here, so its outputs/,
+    # tuned.sh works from the folder two above its own; give it one of its own here, so its outputs/,
     # multirun/ and optuna.db stay out of the checkout
-    (tmp_path / "experiments").mkdir()
-    for name in ("tuned.sh", "tuned.py", "glue_grid.sh", "grid_points.py", "check_bf16.py"):
+    for kind in ("grids", "reports"):
+        (tmp_path / "experiments" / kind).mkdir(parents=True)
+    for name in ("grids/tuned.sh", "reports/tuned.py", "grids/glue_grid.sh"):
         (tmp_path / "experiments" / name).symlink_to(REPO / "experiments" / name)
     for name in ("run.py", "conf"):
         (tmp_path / name).symlink_to(REPO / name)
@@ -32,7 +33,7 @@ def test_tuned_pipeline_sweeps_selects_reports_and_builds_its_table(tmp_path, gl
         TASKS="rte", TRIALS="2", JOBS="1", SEEDS="2", RECIPE=" ".join(RECIPE), RESULTS=str(tmp_path),
         GLUE_DIR=str(glue_dir), KDSUITE_CACHE=str(tmp_path / "cache"),
     )
-    result = subprocess.run(["bash", str(tmp_path / "experiments" / "tuned.sh"), uri], cwd=tmp_path, env=env,
+    result = subprocess.run(["bash", str(tmp_path / "experiments" / "grids" / "tuned.sh"), uri], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
 

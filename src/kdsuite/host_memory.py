@@ -13,7 +13,7 @@ the process's resident memory stays at its peak (a training step comes back to t
 
 Only glibc has these settings: elsewhere (macOS, musl) this does nothing; a user who set either
 variable keeps their own choice, and `KDSUITE_MALLOC=glibc` leaves glibc's defaults alone (what
-`experiments/bench_step.py --malloc glibc` compares against). A GPU run does not need it (the CUDA
+`experiments/bench/bench_step.py --malloc glibc` compares against). A GPU run does not need it (the CUDA
 caching allocator keeps device memory already).
 """
 

@@ -4,7 +4,7 @@
 runs the multirun made (tag `comparison` = the multirun folder), writes the mean +- sd of the
 final metric per loss to `<multirun folder>/summary.md`, and logs that table to an MLflow run
 of its own (`role=comparison`). `comparison_run` is that kind of run for any script that logs a
-table (experiments/compare_glue.py).
+table (experiments/reports/compare_glue.py).
 """
 
 from __future__ import annotations
