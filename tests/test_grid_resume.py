@@ -1,4 +1,4 @@
-"""The GLUE grid's engine (`experiments/glue_grid.sh`): a Hydra multirun with `resume=true`, its
+"""The GLUE grid's engine (`experiments/grids/glue_grid.sh`): a Hydra multirun with `resume=true`, its
 runs spread over processes by `hydra/launcher=processes`. Re-running it trains only the points
 that did not finish: a finished point returns its recorded result and adds no MLflow run; a point
 in the grid's CSV record is not run at all."""

@@ -4,7 +4,7 @@ blocks, captured by forward hooks, and the scores, distributions and relations c
 Why hooks: in transformers 5 an `sdpa` model asked for `output_attentions=True` only warns and
 returns an empty `attentions` tuple; switching the models to `eager` attention would change them
 and still not return the values MiniLM's value relation needs. On a 2-core CPU the two routes cost
-about the same (`experiments/bench_attention_capture.py`, docs/losses/minilm.md). The projections
+about the same (`experiments/bench/bench_attention_capture.py`, docs/losses/minilm.md). The projections
 are the inputs of the attention kernel, so everything TinyBERT and MiniLM read can be recomputed
 from them exactly, while both models keep SDPA:
 
