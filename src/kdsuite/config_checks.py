@@ -21,6 +21,9 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from kdsuite.identity import plain_config
+from kdsuite.tracks import task_of
+from kdsuite.tracks.base import Track
+from kdsuite.tracks.classification import MIN_SEQ_LENGTH  # noqa: F401  (re-exported: tests cite the bound here)
 
 SEED_LIMIT = 2**32  # numpy's seed range; transformers.set_seed seeds numpy too
 
@@ -48,11 +51,6 @@ NUMBERS: dict[str, tuple[type, Any, Any]] = {
     "dataloader_num_workers": (int, 0, None),
     "seed": (int, 0, SEED_LIMIT - 1),
 }
-
-# The fewest tokens a GLUE example may be cut to: BERT-style tokenizers spend 3 on a sentence pair
-# ([CLS] a [SEP] b [SEP]), and 16 leaves at least 6 real tokens to each sentence of a pair. Below
-# it an RTE pair becomes `[CLS] [SEP] [SEP]` and trains on nothing (seen at max_seq_length=3).
-MIN_SEQ_LENGTH = 16
 
 
 def _is_number(value: Any) -> bool:
@@ -123,16 +121,14 @@ def check_training_section(section: dict | None, name: str) -> None:
             raise ValueError(f"{name}.max_steps={steps} must be >= 1, or -1 to train num_train_epochs")
 
 
-def check_dataset(dataset: dict, is_causal_lm: bool) -> None:
+def check_dataset(dataset: dict, track: Track) -> None:
+    """The subset sizes, and the length settings the track declares (`Track.length_settings`)."""
     for key in ("max_train_samples", "max_eval_samples"):
         if key in dataset:
             check_number(f"dataset.{key}", dataset[key], int, 1, allow_null=True)
-    if is_causal_lm:
-        for key in ("max_seq_length", "max_prompt_length"):
-            check_number(f"dataset.{key}", dataset.get(key), int, 2)
-        return
-    if dataset.get("max_seq_length") is not None or "max_seq_length" in dataset:
-        check_number("dataset.max_seq_length", dataset.get("max_seq_length"), int, MIN_SEQ_LENGTH)
+    for key, fewest in track.length_settings.items():
+        if track.lengths_required or key in dataset:
+            check_number(f"dataset.{key}", dataset.get(key), int, fewest)
 
 
 def loss_parameters(target: str) -> dict[str, inspect.Parameter]:
@@ -176,14 +172,12 @@ def check_loss(loss: dict) -> None:
 
 def check_settings(cfg: DictConfig) -> None:
     """Check the composed config's settings by name; raises ValueError before any work."""
-    from kdsuite.tasks import get_task  # light: a table of tasks
-
     check_finite(cfg)
     check_number("seed", cfg.get("seed"), int, 0, SEED_LIMIT - 1)
-    task = get_task(cfg.dataset.name)
+    task = task_of(cfg.dataset)
     check_training_section(OmegaConf.to_container(cfg.trainer, resolve=True), "trainer")
     finetune = cfg.teacher.get("finetune")
     if finetune is not None:
         check_training_section(OmegaConf.to_container(finetune, resolve=True), "teacher.finetune")
-    check_dataset(OmegaConf.to_container(cfg.dataset, resolve=True), task.is_causal_lm)
+    check_dataset(OmegaConf.to_container(cfg.dataset, resolve=True), task.track)
     check_loss(OmegaConf.to_container(cfg.loss, resolve=True))

@@ -26,11 +26,13 @@ from omegaconf import DictConfig, OmegaConf
 # Where results go, where caches live, how the run is resumed or saved, a sweep's bookkeeping, and
 # where the data sits (the run's identity holds the digest of its rows instead): none of them
 # changes the trained student. `save_student` is here so that a run killed without it and resumed
-# with it finds its own checkpoints.
+# with it finds its own checkpoints. `dataset.track` follows from `dataset.name`; leaving it out
+# keeps the identities of runs and studies made before the key existed.
 RUN = ("resume", "tracking", "cache_dir", "output_dir", "optuna", "hydra", "save_student",
-       "dataset.data_dir", "dataset.path")
+       "dataset.data_dir", "dataset.path", "dataset.track")
 # A study is shared by machines whose data sits in different folders; its trials vary the swept keys.
-STUDY = ("hydra", "tracking", "cache_dir", "output_dir", "resume", "optuna", "save_student", "dataset.data_dir")
+STUDY = ("hydra", "tracking", "cache_dir", "output_dir", "resume", "optuna", "save_student", "dataset.data_dir",
+         "dataset.track")
 
 
 def key_hash(described: Any, length: int = 16) -> str:

@@ -44,7 +44,7 @@ def apply_lora(model, lora_cfg: DictConfig | None, task):
         lora_alpha=int(lora_cfg.alpha),
         lora_dropout=float(lora_cfg.dropout),
         target_modules=resolve_targets(model, list(lora_cfg.targets)),
-        task_type=TaskType.CAUSAL_LM if task.is_causal_lm else TaskType.SEQ_CLS,
+        task_type=TaskType[task.track.lora_task_type],
         fan_in_fan_out=model.config.model_type == "gpt2",  # GPT-2's Conv1D stores weights transposed
     )
     return get_peft_model(model, config)

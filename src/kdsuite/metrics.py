@@ -10,7 +10,7 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from kdsuite.tasks import TaskSpec
+from kdsuite.tracks.specs import ClassificationTask
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def correlation(statistic, predictions: np.ndarray, labels: np.ndarray, name: st
     return 0.0 if math.isnan(value) else value
 
 
-def glue_metrics(task: TaskSpec, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def glue_metrics(task: ClassificationTask, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """The task's GLUE metrics from raw model outputs.
 
     Classification: arg-max of the logits against integer labels (accuracy, binary F1 of the

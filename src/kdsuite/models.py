@@ -8,7 +8,8 @@ model is read from that GGUF file in the location (the offline SmolLM2 teacher, 
 A model config may instead name a `model_type` (`gpt2`, `llama`, ...): the architecture is then
 built from `config_overrides` alone, with random weights (the tiny models of tests and smoke runs).
 
-GLUE tasks get sequence classifiers, the causal-LM track (`task.is_causal_lm`) causal LMs.
+The task's track (`kdsuite.tracks`) names the model class and head: sequence classifiers for GLUE
+tasks, causal LMs for instruction following.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from transformers import (
+from transformers import (  # noqa: F401  (AutoModelForCausalLM: tests build causal checkpoints through here)
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -32,7 +33,7 @@ from transformers import (
 
 from kdsuite.lora import apply_lora
 from kdsuite.mapping import LayerPairs, uniform
-from kdsuite.tasks import CausalTaskSpec, TaskSpec
+from kdsuite.tracks.specs import ClassificationTask, InstructionTask
 
 PACKAGE_SCHEME = "pkg://"
 PACKAGE_DIR_SCHEME = "pkgdir://"
@@ -159,9 +160,10 @@ def _config_overrides(model_settings: DictConfig) -> dict:
     return OmegaConf.to_container(overrides, resolve=True) if overrides else {}
 
 
-def auto_model_class(task: TaskSpec | CausalTaskSpec):
-    """The Auto class a task trains: causal LMs for instruction following, else classifiers."""
-    return AutoModelForCausalLM if task.is_causal_lm else AutoModelForSequenceClassification
+def auto_model_class(task: ClassificationTask | InstructionTask):
+    """The Auto class a task trains, as its track says: causal LMs for instruction following, else
+    classifiers."""
+    return task.track.model_class()
 
 
 def _architecture(model_settings: DictConfig) -> PretrainedConfig:
@@ -173,22 +175,17 @@ def _architecture(model_settings: DictConfig) -> PretrainedConfig:
                                       **pretrained_kwargs(model_settings), **overrides)
 
 
-def _with_task_head(config: PretrainedConfig, task: TaskSpec | CausalTaskSpec) -> PretrainedConfig:
-    if task.is_causal_lm:
-        return config  # the LM head is the task head
-    config.num_labels = task.num_labels
-    config.problem_type = (
-        "regression" if task.is_regression else "single_label_classification"
-    )
-    return config
+def _with_task_head(config: PretrainedConfig, task: ClassificationTask | InstructionTask) -> PretrainedConfig:
+    return task.track.with_task_head(config, task)
 
 
-def teacher_architecture(teacher_settings: DictConfig, task: TaskSpec | CausalTaskSpec) -> PretrainedConfig:
+def teacher_architecture(teacher_settings: DictConfig, task: ClassificationTask | InstructionTask) -> PretrainedConfig:
     """The teacher's architecture (no weights loaded) with the task's head."""
     return _with_task_head(_architecture(teacher_settings), task)
 
 
-def load_pretrained_teacher(teacher_settings: DictConfig, task: TaskSpec) -> PreTrainedModel:
+def load_pretrained_teacher(teacher_settings: DictConfig,
+                            task: ClassificationTask | InstructionTask) -> PreTrainedModel:
     """The teacher before fine-tuning: its checkpoint, or random weights when `random_init`.
 
     `random_init: true` (with `config_overrides`) gives the tiny random teachers that tests and
@@ -317,7 +314,7 @@ def build_student(
     teacher: PreTrainedModel | None,
     teacher_architecture: PretrainedConfig,
     pairs: LayerPairs,
-    task: TaskSpec,
+    task: ClassificationTask | InstructionTask,
 ) -> PreTrainedModel:
     """The student of a run: a checkpoint (`student.pretrained`), a copy of teacher blocks
     (`student.init=teacher`) or random weights of the student's config (`student.init=random`),
@@ -329,19 +326,7 @@ def build_student(
 def _student_weights(student_settings, teacher, teacher_architecture, pairs, task) -> PreTrainedModel:
     model_class = auto_model_class(task)
     if student_settings.get("pretrained"):
-        if task.is_causal_lm:  # the tokenizers were compared when the run was planned
-            return model_class.from_pretrained(resolve_location(student_settings.pretrained))
-        student = model_class.from_pretrained(
-            resolve_location(student_settings.pretrained), num_labels=task.num_labels
-        )
-        if student.config.vocab_size != teacher_architecture.vocab_size:
-            raise ValueError(
-                f"student.pretrained={student_settings.pretrained!r} has vocabulary size "
-                f"{student.config.vocab_size} but the teacher's tokenizer has "
-                f"{teacher_architecture.vocab_size}: teacher and student must share a tokenizer"
-            )
-        _with_task_head(student.config, task)
-        return student
+        return task.track.pretrained_student(student_settings.pretrained, task, teacher_architecture)
     check_student_fits(student_settings, teacher_architecture)
     config = student_architecture(student_settings, teacher_architecture)
     if student_settings.init == "random":

@@ -213,7 +213,7 @@ class DistillationTrainer(Trainer):
         with torch.no_grad(), self.compute_loss_context_manager():
             logits = model(**model_inputs(inputs)).logits
             loss = self.distillation_loss.task_loss(logits, labels)
-        if prediction_loss_only or self.distillation_loss.is_causal_lm:
+        if prediction_loss_only or not self.distillation_loss.track.scores_logits:
             return loss.detach(), None, None
         return loss.detach(), logits.detach().float(), labels
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import datasets
 
-from kdsuite.tasks import TaskSpec
+from kdsuite.tracks.specs import ClassificationTask
 
 HUB_DATASET = "nyu-mll/glue"
 SPLIT_FILES = {"train": "train.tsv", "validation": "dev.tsv"}
@@ -38,7 +38,7 @@ class GlueSplit:
         return len(self.labels)
 
 
-def task_dir(task: TaskSpec, data_dir: str | Path) -> Path:
+def task_dir(task: ClassificationTask, data_dir: str | Path) -> Path:
     """The task's folder inside a GLUE download, failing clearly when it is not there."""
     root = Path(data_dir).expanduser()
     if not root.is_dir():
@@ -50,7 +50,7 @@ def task_dir(task: TaskSpec, data_dir: str | Path) -> Path:
     return root / task.glue_dir
 
 
-def split_path(task: TaskSpec, data_dir: str | Path, split: str) -> Path:
+def split_path(task: ClassificationTask, data_dir: str | Path, split: str) -> Path:
     """Path of `split` ("train" or "validation") of `task`, which must exist."""
     path = task_dir(task, data_dir) / SPLIT_FILES[split]
     if not path.is_file():
@@ -61,7 +61,7 @@ def split_path(task: TaskSpec, data_dir: str | Path, split: str) -> Path:
     return path
 
 
-def _parse_label(task: TaskSpec, raw: str, path: Path, line_number: int) -> int | float:
+def _parse_label(task: ClassificationTask, raw: str, path: Path, line_number: int) -> int | float:
     if task.is_regression:
         try:
             return float(raw)
@@ -79,7 +79,7 @@ def _parse_label(task: TaskSpec, raw: str, path: Path, line_number: int) -> int 
         raise ValueError(f"{path}:{line_number}: label {raw!r} is not an integer") from None
 
 
-def read_glue_tsv(task: TaskSpec, path: Path) -> GlueSplit:
+def read_glue_tsv(task: ClassificationTask, path: Path) -> GlueSplit:
     """Read a GLUE TSV exactly as distributed.
 
     Quoting is off (fields hold unbalanced `"`), the UTF-8 BOM of MRPC's header is dropped by
@@ -93,7 +93,7 @@ def read_glue_tsv(task: TaskSpec, path: Path) -> GlueSplit:
 
 
 @functools.lru_cache(maxsize=8)
-def _read_glue_tsv(task: TaskSpec, path_name: str, size: int, mtime_ns: int) -> GlueSplit:
+def _read_glue_tsv(task: ClassificationTask, path_name: str, size: int, mtime_ns: int) -> GlueSplit:
     csv.field_size_limit(sys.maxsize)
     path = Path(path_name)
     text_a: list[str] = []
@@ -126,7 +126,7 @@ def _read_glue_tsv(task: TaskSpec, path_name: str, size: int, mtime_ns: int) -> 
     return GlueSplit(text_a, text_b if task.text_b_column is not None else None, labels)
 
 
-def read_hub_split(task: TaskSpec, split: str) -> GlueSplit:
+def read_hub_split(task: ClassificationTask, split: str) -> GlueSplit:
     """Read a split from the `nyu-mll/glue` hub dataset (needs network access to the hub)."""
     hub = datasets.load_dataset(HUB_DATASET, task.hub_config, split=split)
     fields = task.hub_text_fields
@@ -137,14 +137,14 @@ def read_hub_split(task: TaskSpec, split: str) -> GlueSplit:
     )
 
 
-def load_split(task: TaskSpec, split: str, data_dir: str | Path | None) -> GlueSplit:
+def load_split(task: ClassificationTask, split: str, data_dir: str | Path | None) -> GlueSplit:
     """A split from `data_dir` (GLUE layout) when given, else from the hub."""
     if data_dir is None:
         return read_hub_split(task, split)
     return read_glue_tsv(task, split_path(task, data_dir, split))
 
 
-def check_data_available(task: TaskSpec, data_dir: str | Path | None) -> None:
+def check_data_available(task: ClassificationTask, data_dir: str | Path | None) -> None:
     """Fail before any long work when a local split is missing (the hub is checked on load)."""
     if data_dir is not None:
         for split in SPLIT_FILES:

@@ -20,7 +20,7 @@ from pathlib import Path
 import datasets
 from omegaconf import DictConfig
 
-from kdsuite.tasks import IGNORE_INDEX
+from kdsuite.tracks.base import IGNORE_INDEX
 
 FIELDS = ("instruction", "context", "response")
 

@@ -1,10 +1,12 @@
 """What a run gets from its data, on either track: tokenised train/validation sets, the collator
-that pads them per batch, how they are scored, and (causal-LM track) the prompts whose sampled
+that pads them per batch, how they are scored, and (instruction track) the prompts whose sampled
 responses are scored.
 
 GLUE tasks come from `glue.py` (TSV or hub) and are scored with GLUE's metrics; instruction data
 comes from `instructions.py` (JSONL or hub) and is scored by ROUGE-L of sampled responses
-(`kdsuite.generation`), with the validation loss reported during training.
+(`kdsuite.generation`), with the validation loss reported during training. Each track
+(`kdsuite.tracks`) calls its own functions here; `load_run_data`, `data_digests` and
+`check_data` ask the task's track.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
 from kdsuite.data import glue, instructions, sharegpt
 from kdsuite.generation import GenerationSet
 from kdsuite.metrics import glue_metrics
-from kdsuite.tasks import IGNORE_INDEX, CausalTaskSpec, TaskSpec
+from kdsuite.tracks.base import IGNORE_INDEX
+from kdsuite.tracks.specs import ClassificationTask, InstructionTask
 
 
 @dataclass
@@ -30,15 +33,15 @@ class RunData:
 
     train_set: object
     eval_set: object
-    train_labels: torch.Tensor  # per training example (empty on the causal-LM track)
+    train_labels: torch.Tensor  # per training example (empty on the instruction track)
     collator: object
     compute_metrics: object | None  # None: the Trainer reports the task loss only
-    generation: GenerationSet | None = None  # prompts scored by sampling (causal-LM track)
+    generation: GenerationSet | None = None  # prompts scored by sampling (instruction track)
     generation_settings: DictConfig | None = None
     digests: dict[str, str] | None = None  # sha256 per split of the rows used (`data_digests`)
 
 
-def glue_data(cfg: DictConfig, task: TaskSpec, tokenizer) -> RunData:
+def glue_data(cfg: DictConfig, task: ClassificationTask, tokenizer) -> RunData:
     train_split = glue.load_split(task, "train", cfg.dataset.data_dir)
     eval_split = glue.load_split(task, "validation", cfg.dataset.data_dir)
     train_rows = glue.subset_indices(len(train_split), cfg.dataset.max_train_samples)
@@ -53,7 +56,7 @@ def glue_data(cfg: DictConfig, task: TaskSpec, tokenizer) -> RunData:
     )
 
 
-def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer, teacher_tokenizer=None) -> RunData:
+def instruction_data(cfg: DictConfig, task: InstructionTask, tokenizer, teacher_tokenizer=None) -> RunData:
     """Instruction data (Dolly-format, or ShareGPT first turns): response-token labels for training
     and validation loss, and the prompts of `dataset.generation.split` for ROUGE-L.
 
@@ -94,7 +97,7 @@ def instruction_data(cfg: DictConfig, task: CausalTaskSpec, tokenizer, teacher_t
 _SPLITS_CACHE: dict[str, dict[str, list[instructions.Instruction]]] = {}
 
 
-def instruction_splits(settings: DictConfig, task: CausalTaskSpec) -> dict[str, list[instructions.Instruction]]:
+def instruction_splits(settings: DictConfig, task: InstructionTask) -> dict[str, list[instructions.Instruction]]:
     """The task's validation / test / train examples, read once per process for one dataset config
     and file state (a run reads them for its identity, then to train)."""
     source = settings.get("path")
@@ -121,7 +124,7 @@ def _examples_digest(examples: list[instructions.Instruction]) -> str:
     return digest.hexdigest()
 
 
-def data_digests(cfg: DictConfig, task: TaskSpec | CausalTaskSpec) -> dict[str, str]:
+def data_digests(cfg: DictConfig, task: ClassificationTask | InstructionTask) -> dict[str, str]:
     """sha256 of the rows a run uses, per part: parsed text and labels after subsetting, not the
     files' paths, so a moved copy gives the same digests and an edit in place gives others.
 
@@ -131,12 +134,19 @@ def data_digests(cfg: DictConfig, task: TaskSpec | CausalTaskSpec) -> dict[str, 
     ROUGE-L). On the hub path the rows come from the hub's current revision, so a new revision
     gives new digests too.
     """
+    return task.track.data_digests(cfg, task)
+
+
+def glue_digests(cfg: DictConfig, task: ClassificationTask) -> dict[str, str]:
     settings = cfg.dataset
-    if not task.is_causal_lm:
-        train = glue.load_split(task, "train", settings.data_dir)
-        validation = glue.load_split(task, "validation", settings.data_dir)
-        return {"train": glue.rows_digest(train, settings.max_train_samples),
-                "validation": glue.rows_digest(validation, settings.max_eval_samples)}
+    train = glue.load_split(task, "train", settings.data_dir)
+    validation = glue.load_split(task, "validation", settings.data_dir)
+    return {"train": glue.rows_digest(train, settings.max_train_samples),
+            "validation": glue.rows_digest(validation, settings.max_eval_samples)}
+
+
+def instruction_digests(cfg: DictConfig, task: InstructionTask) -> dict[str, str]:
+    settings = cfg.dataset
     splits = instruction_splits(settings, task)
 
     def first(examples, limit):
@@ -152,24 +162,24 @@ def data_digests(cfg: DictConfig, task: TaskSpec | CausalTaskSpec) -> dict[str, 
 
 
 def check_data(cfg: DictConfig, task) -> None:
-    if task.is_causal_lm:
-        if task.reader == "sharegpt":
-            sharegpt.check_data_available(cfg.dataset)
-        instructions.check_data_available(cfg.dataset)
-        if cfg.dataset.generation.split not in ("validation", "test"):
-            raise ValueError(
-                f"dataset.generation.split={cfg.dataset.generation.split!r} is not one of ['validation', 'test']"
-            )
-    else:
-        glue.check_data_available(task, cfg.dataset.data_dir)
+    task.track.check_data(cfg, task)
 
 
-def load_run_data(cfg: DictConfig, task: TaskSpec | CausalTaskSpec, tokenizer, teacher_tokenizer=None) -> RunData:
+def check_instruction_data(cfg: DictConfig, task: InstructionTask) -> None:
+    if task.reader == "sharegpt":
+        sharegpt.check_data_available(cfg.dataset)
+    instructions.check_data_available(cfg.dataset)
+    if cfg.dataset.generation.split not in ("validation", "test"):
+        raise ValueError(
+            f"dataset.generation.split={cfg.dataset.generation.split!r} is not one of ['validation', 'test']"
+        )
+
+
+def load_run_data(cfg: DictConfig, task: ClassificationTask | InstructionTask, tokenizer,
+                  teacher_tokenizer=None) -> RunData:
     """The run's data in the student's tokenization (`tokenizer`), and in the teacher's too where
-    that differs (causal track, loss=uld)."""
-    if task.is_causal_lm:
-        return instruction_data(cfg, task, tokenizer, teacher_tokenizer)
-    return glue_data(cfg, task, tokenizer)
+    that differs (instruction track, loss=uld)."""
+    return task.track.load_data(cfg, task, tokenizer, teacher_tokenizer)
 
 
 @dataclass

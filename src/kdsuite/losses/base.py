@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdsuite.losses.teacher_reads import TeacherReads, not_cacheable
-from kdsuite.losses.tokens import IGNORE_INDEX, response_token_ce
+from kdsuite.losses.tokens import IGNORE_INDEX
 from kdsuite.mapping import LayerPairs
-from kdsuite.tasks import CausalTaskSpec, TaskSpec
+from kdsuite.tracks.specs import ClassificationTask, InstructionTask
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig
@@ -40,7 +40,7 @@ class LossContext:
     and `teacher_architecture` are the models' configs (depth, heads), None where not given.
     """
 
-    task: TaskSpec | CausalTaskSpec
+    task: ClassificationTask | InstructionTask
     layer_pairs: LayerPairs = ()
     student_hidden_size: int | None = None
     teacher_hidden_size: int | None = None
@@ -49,7 +49,7 @@ class LossContext:
     labels_are_placeholders: bool = False
     student_architecture: PretrainedConfig | None = None
     teacher_architecture: PretrainedConfig | None = None
-    tokenizers: tuple = ()  # causal track: (student's, teacher's) when they differ (loss=uld)
+    tokenizers: tuple = ()  # instruction track: (student's, teacher's) when they differ (loss=uld)
 
 
 class DistillationLoss(nn.Module):
@@ -72,13 +72,12 @@ class DistillationLoss(nn.Module):
     def __init__(self, context: LossContext):
         super().__init__()
         self.is_regression = context.task.is_regression
-        self.is_causal_lm = context.task.is_causal_lm
+        self.track = context.task.track
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The student's own loss on gold labels: CE, MSE (regression) or response-token CE."""
-        if self.is_causal_lm:
-            return response_token_ce(logits, labels)
-        return task_loss(logits, labels, self.is_regression)
+        """The student's own loss on gold labels, as the task's track defines it: CE, MSE
+        (regression) or response-token CE."""
+        return self.track.task_loss(logits, labels, self.is_regression)
 
     def bind_models(self, student: nn.Module, teacher: nn.Module | None) -> None:
         """Called once before training, for losses that use the models' own modules (heads).
@@ -100,6 +99,13 @@ class DistillationLoss(nn.Module):
 
     def forward(self, student_out: Any, teacher_out: Any, batch: dict) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+def require_track(context: LossContext, track: str, refusal: str) -> None:
+    """A loss defined on one track refuses a task of another, saying why: `refusal` is formatted
+    with the task's name (`{task!r}`)."""
+    if context.task.track.name != track:
+        raise ValueError(refusal.format(task=context.task.name))
 
 
 def check_choice(option: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from kdsuite.tasks import IGNORE_INDEX
+from kdsuite.tracks.base import IGNORE_INDEX
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "skew_kl", "skew_reverse_kl", "jsd")
 

@@ -8,6 +8,6 @@ paired test against kd), the per-(dataset, student) tables of `kdsuite-report` (
 those grids; `plots` draws their bar charts; `comparison` is the Hydra callback that summarises
 `experiment=compare_methods`, and the `role=comparison` run a table is logged to;
 `sweep_report` writes a finished Optuna study's per-trial table and plots. Nothing here imports
-the training side: only run records (MLflow runs, Optuna studies), `kdsuite.tasks` and
+the training side: only run records (MLflow runs, Optuna studies), `kdsuite.tracks` and
 `kdsuite.metrics`.
 """

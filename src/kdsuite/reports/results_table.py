@@ -29,7 +29,7 @@ from scipy.stats import ttest_rel
 
 from kdsuite import tracking_names as names
 from kdsuite.reports.markdown import loss_rank, markdown_table
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kdsuite.tasks import IGNORE_INDEX
+from kdsuite.tracks.base import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

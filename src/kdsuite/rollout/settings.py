@@ -116,11 +116,7 @@ def check_rollout(settings: RolloutSettings, task, loss_name: str, loss_needs_te
     once on the data's text, which on-policy samples are not)."""
     if settings.source == "dataset":
         return
-    if not task.is_causal_lm:
-        raise ValueError(
-            f"rollout={settings.source} generates responses; task {task.name!r} trains sequence classifiers, "
-            f"which have none: use rollout=dataset"
-        )
+    task.track.check_rollout_source(task, settings.source)
     if settings.on_policy and not loss_needs_teacher:
         raise ValueError(
             f"rollout={settings.source} trains on the student's own samples, which only a loss that reads the "

@@ -29,7 +29,7 @@ from filelock import FileLock
 
 from kdsuite.rollout.sampling import SamplingSettings, batch_prompts, sample_responses
 from kdsuite.rollout.settings import RolloutSettings
-from kdsuite.tasks import IGNORE_INDEX
+from kdsuite.tracks.base import IGNORE_INDEX
 
 STORE_FORMAT = 1
 MANIFEST = "manifest.json"

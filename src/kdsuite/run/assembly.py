@@ -22,7 +22,6 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedModel, TrainerC
 
 from kdsuite import distributed, models, rollout
 from kdsuite.config_checks import check_settings
-from kdsuite.data import instructions
 from kdsuite.data.run_data import RunData, check_data, data_digests, load_run_data
 from kdsuite.losses.base import DistillationLoss, LossContext
 from kdsuite.mapping import LayerPairs, validate_pairs
@@ -34,9 +33,9 @@ from kdsuite.run.run_folder import (
     run_identity,
     trainer_dir,
 )
-from kdsuite.tasks import CausalTaskSpec, TaskSpec, get_task
 from kdsuite.teacher import cache as teacher_cache
 from kdsuite.teacher import outputs as teacher_outputs
+from kdsuite.tracks import ClassificationTask, InstructionTask, task_of
 from kdsuite.trainer import DistillationTrainer, attach_loss, training_arguments
 
 
@@ -45,7 +44,7 @@ class Run:
     """A checked run: everything built from the config before any weights are loaded."""
 
     cfg: DictConfig
-    task: TaskSpec | CausalTaskSpec
+    task: ClassificationTask | InstructionTask
     tokenizer: object
     teacher_architecture: PretrainedConfig  # the teacher's config with the task's head
     student_architecture: PretrainedConfig
@@ -84,36 +83,11 @@ def resolve_student_architecture(cfg: DictConfig, teacher_architecture: Pretrain
 
 def load_tokenizer(cfg: DictConfig, task, teacher_architecture: PretrainedConfig):
     """(the student's tokenizer, the teacher's): one object, the teacher's, unless the student has
-    its own (`student.tokenizer`, or a pretrained student's that differs). Only a loss that declares
-    `allows_other_tokenizer` (loss=uld) accepts that, on the causal-LM track, after its own checks
-    of the pair (the teacher's fine-tune and scoring then read the data in its own tokenization,
-    `teacher_view`); every other loss refuses it here, before any work."""
-    from hydra.utils import get_class
-
-    tokenizer = models.load_tokenizer(cfg.teacher)
-    if not task.is_causal_lm:
-        if cfg.student.get("tokenizer"):
-            raise ValueError(
-                f"student.tokenizer={cfg.student.tokenizer!r}: task {task.name!r} trains classifiers (an encoder-only "
-                f"task), whose student shares teacher {cfg.teacher.name!r}'s tokenizer; set student.tokenizer=null"
-            )
-        return tokenizer, tokenizer
-    instructions.prepare_tokenizer(tokenizer)
-    models.check_vocabulary(teacher_architecture, tokenizer, f"teacher {cfg.teacher.name!r}")
-    student_tokenizer = models.load_student_tokenizer(cfg.student)
-    if student_tokenizer is None or models.same_vocabulary(student_tokenizer, tokenizer):
-        return tokenizer, tokenizer
-    loss_class = get_class(cfg.loss._target_)
-    if not getattr(loss_class, "allows_other_tokenizer", False):
-        models.check_same_tokenizer(tokenizer, models.student_tokenizer_location(cfg.student))  # raises
-    instructions.prepare_tokenizer(student_tokenizer)
-    loss_class.check_tokenizers(student_tokenizer, tokenizer, cfg.loss)
-    source = (cfg.get("rollout") or {}).get("source", "dataset")
-    if source != "dataset":  # generated text would come in one tokenization only
-        raise ValueError(f"rollout.source={source!r} trains on generated text, which a run across tokenizers "
-                         f"(student {student_tokenizer.name_or_path!r}, teacher {tokenizer.name_or_path!r}) "
-                         f"cannot tokenize for both models: use rollout=dataset")
-    return student_tokenizer, tokenizer
+    its own (`student.tokenizer`, or a pretrained student's that differs). The task's track checks
+    the pair before any work: only a loss that declares `allows_other_tokenizer` (loss=uld) accepts
+    two tokenizers, on the instruction track, after its own checks of the pair (the teacher's
+    fine-tune and scoring then read the data in its own tokenization, `teacher_view`)."""
+    return task.track.load_tokenizers(cfg, task, teacher_architecture)
 
 
 def as_settings(section: DictConfig) -> dict:
@@ -133,7 +107,7 @@ def build_run(cfg: DictConfig) -> Run:
     """Check the config and build data, mapping, loss and training arguments; raises before any
     long work."""
     check_settings(cfg)
-    task = get_task(cfg.dataset.name)
+    task = task_of(cfg.dataset)
     check_data(cfg, task)
     # the rows' digest names the run's folder and teacher: the data files are read (not tokenized) here
     digests = data_digests(cfg, task)

@@ -30,10 +30,10 @@ from kdsuite.run.assembly import Run, build_run, build_student, build_trainer, t
 from kdsuite.run.pruning import pruning_callbacks
 from kdsuite.signals import stop_on_signals
 from kdsuite.stores.check import check_store
-from kdsuite.tasks import get_task
 from kdsuite.teacher import cache as teacher_cache
 from kdsuite.teacher import outputs as teacher_outputs
 from kdsuite.teacher.shared import teacher_for_every_process
+from kdsuite.tracks import task_of
 from kdsuite.trainer import DistillationTrainer
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def finished_already(cfg) -> float | None:
     """The `final_metric` of the run's folder's MLflow run in this store and experiment if that
     run FINISHED, else None. Checked before any model is loaded: a finished point costs reading
     its data once (for the run's identity, which the folder must match)."""
-    task = get_task(cfg.dataset.name)
+    task = task_of(cfg.dataset)
     check_data(cfg, task)
     identity = run_folder.run_identity(cfg, data_digests(cfg, task), distributed.world_size())
     folder = run_folder.run_folder(cfg, identity)

@@ -440,27 +440,12 @@ def rows_digest(rows) -> str:
 
 def data_source(cfg: DictConfig, task, part: str):
     """Where a split was read from: the GLUE TSV or JSONL file, else the hub dataset."""
-    from mlflow.data.code_dataset_source import CodeDatasetSource
-    from mlflow.data.dataset_source_registry import resolve_dataset_source
-    from mlflow.data.huggingface_dataset_source import HuggingFaceDatasetSource
-
-    settings = cfg.dataset
-    if hasattr(task, "glue_dir"):
-        if settings.get("data_dir"):
-            from kdsuite.data.glue import split_path
-
-            return resolve_dataset_source(str(split_path(task, settings.data_dir, part)))  # a local file
-        return HuggingFaceDatasetSource("nyu-mll/glue", config_name=task.hub_config, split=part)
-    if settings.get("path"):
-        return resolve_dataset_source(str(Path(settings.path).expanduser()))
-    if getattr(task, "hub_dataset", None):
-        return HuggingFaceDatasetSource(task.hub_dataset, split="train")
-    return CodeDatasetSource({"dataset": str(settings.name)})
+    return task.track.data_source(cfg.dataset, task, part)
 
 
 def log_student_model(run, model) -> None:
     """The trained student as the MLflow model `student` of the active run (see `RunRecord`)."""
-    task = "text-generation" if run.task.is_causal_lm else "text-classification"
+    task = run.task.track.pipeline_task
     requirements = [f"torch=={torch.__version__}", f"transformers=={transformers.__version__}"]
     try:
         mlflow.transformers.log_model({"model": model, "tokenizer": run.tokenizer}, name="student", task=task,

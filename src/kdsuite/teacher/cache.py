@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 from kdsuite import distributed
 from kdsuite.data.run_data import data_digests
 from kdsuite.identity import key_hash
-from kdsuite.tasks import get_task
+from kdsuite.tracks import task_of
 from kdsuite.weights_files import weights_problems
 
 log = logging.getLogger(__name__)
@@ -56,27 +56,10 @@ def cache_key(cfg: DictConfig, digests: dict[str, str] | None = None) -> dict:
     (`data_digests`), not the folder they sit in: moving or copying the data reuses the teacher,
     editing it in place fine-tunes a new one."""
     dataset = cfg.dataset
-    task = get_task(dataset.name)
+    task = task_of(dataset)
     digests = digests if digests is not None else data_digests(cfg, task)
-    if task.is_causal_lm:
-        described = OmegaConf.to_container(dataset, resolve=True)
-        described.pop("generation", None)  # how students are scored does not change the teacher
-        described.pop("max_eval_samples", None)
-        described.pop("path", None)  # the rows' digest stands for the file
-        described["rows_sha256"] = {"train": digests["train"], "validation": digests["validation_all"]}
-        return {"format": CACHE_FORMAT, "teacher": teacher_settings(cfg), "dataset": described}
-    return {
-        "format": CACHE_FORMAT,
-        "teacher": teacher_settings(cfg),
-        "dataset": {
-            "name": dataset.name,
-            "source": "files" if dataset.data_dir else "hub",
-            "rows_sha256": {"train": digests["train"], "validation": digests["validation"]},
-            "max_train_samples": dataset.max_train_samples,
-            "max_eval_samples": dataset.max_eval_samples,
-            "max_seq_length": dataset.max_seq_length,
-        },
-    }
+    return {"format": CACHE_FORMAT, "teacher": teacher_settings(cfg),
+            "dataset": task.track.teacher_cache_dataset(dataset, digests)}
 
 
 @dataclass(frozen=True)
