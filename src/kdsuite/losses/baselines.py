@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from kdsuite.losses.base import LossContext
+from kdsuite.losses.base import LossContext, require_track
 
 
 def refuse_causal_lm(loss_name: str, context: LossContext) -> None:
     """The baselines distil BERT-style sequence classifiers; a causal-LM task is refused by name."""
-    if context.task.is_causal_lm:
-        raise ValueError(
-            f"loss={loss_name} distils BERT-style sequence classifiers (encoder blocks, a [CLS] head); task "
-            f"{context.task.name!r} trains causal LMs: use loss=ce, kd or fdd there"
-        )
+    require_track(context, "classification",
+                  f"loss={loss_name} distils BERT-style sequence classifiers (encoder blocks, a [CLS] head); task "
+                  "{task!r} trains causal LMs: use loss=ce, kd or fdd there")
 
 
 def check_nonnegative(**weights: float) -> None:

@@ -59,7 +59,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdsuite.distributed import all_gather_rows, all_reduce_sum
-from kdsuite.losses.base import LossContext, check_choice
+from kdsuite.losses.base import LossContext, check_choice, require_track
 from kdsuite.losses.kd import KDLoss
 from kdsuite.losses.pooling import POOLINGS, pool
 from kdsuite.losses.teacher_reads import TeacherReads
@@ -225,11 +225,9 @@ class CoDIRLoss(KDLoss):
         symmetric: bool = False,
         momentum: float = 0.5,
     ):
-        if context.task.is_causal_lm:
-            raise ValueError(
-                f"codir contrasts per-example representations of labelled examples; task "
-                f"{context.task.name!r} trains causal LMs: use loss=ce, kd or fdd there"
-            )
+        require_track(context, "classification",
+                      "codir contrasts per-example representations of labelled examples; task "
+                      "{task!r} trains causal LMs: use loss=ce, kd or fdd there")
         super().__init__(context, alpha, temperature)
         check_choice("pooling", pooling, POOLINGS)
         check_choice("negatives", negatives, NEGATIVES)

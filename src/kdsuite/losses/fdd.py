@@ -162,13 +162,13 @@ class FDDLoss(KDLoss):
         check_choice("tokens", tokens, TOKENS)
         check_choice("projection", projection, PROJECTIONS)
         if space == "auto":
-            space = "logit_lens" if self.is_causal_lm else "hidden"
-        if space == "logit_lens" and not self.is_causal_lm:
+            space = "logit_lens" if self.token_level else "hidden"
+        if space == "logit_lens" and not self.token_level:
             raise ValueError(
                 f"loss.space=logit_lens decodes hidden states through a causal LM's head; task "
                 f"{context.task.name!r} trains sequence classifiers: use space=hidden or space=head"
             )
-        if space != "logit_lens" and self.is_causal_lm:
+        if space != "logit_lens" and self.token_level:
             raise ValueError(
                 f"loss.space={space} is for sequence classifiers; task {context.task.name!r} trains "
                 f"causal LMs: use space=logit_lens (or auto)"

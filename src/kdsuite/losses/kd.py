@@ -107,10 +107,14 @@ class KDLoss(DistillationLoss):
         beta: float = 0.5,
     ):
         super().__init__(context)
+        # the loss math that differs by track: on causal LMs, means over response tokens of a chosen
+        # divergence between next-token distributions (`causal_kd_terms`); on classifiers, Hinton's KD
+        # on one logit vector per example (`kd_terms`)
+        self.token_level = context.task.is_causal_lm
         check_weight("alpha", alpha)
         check_temperature(temperature)
         check_divergence(divergence, skew, beta)
-        if divergence != "forward_kl" and not self.is_causal_lm:
+        if divergence != "forward_kl" and not self.token_level:
             raise ValueError(
                 f"loss.divergence={divergence!r} is defined for causal LMs; task "
                 f"{context.task.name!r} trains classifiers, which use forward_kl"
@@ -122,12 +126,12 @@ class KDLoss(DistillationLoss):
     def cached_teacher_reads(self, top_k: int | None = None) -> TeacherReads:
         """Classifiers: the logits. Causal LMs: per response token the top `teacher.cache_top_k`
         log-probabilities at this loss's temperature, plus the tail's mass (`losses/tokens.py`)."""
-        if self.is_causal_lm:
+        if self.token_level:
             return TeacherReads(logits=False, top_k=check_top_k(top_k), temperature=float(self.temperature))
         return TeacherReads()
 
     def forward(self, student_out, teacher_out, batch) -> dict[str, torch.Tensor]:
-        if self.is_causal_lm:
+        if self.token_level:
             return causal_kd_terms(
                 student_out.logits, teacher_out.logits, batch["labels"], self.alpha, self.temperature,
                 self.divergence, self.skew, self.chunk_size, self.beta,

@@ -72,6 +72,7 @@ from kdsuite.losses.base import (
     check_choice,
     check_temperature,
     check_weight,
+    require_track,
 )
 from kdsuite.losses.kd import check_divergence
 from kdsuite.losses.tokens import (
@@ -295,11 +296,9 @@ class ULDLoss(DistillationLoss):
         chunk_size: int = 256,
     ):
         super().__init__(context)
-        if not self.is_causal_lm:
-            raise ValueError(
-                f"loss=uld compares next-token distributions of causal LMs; task {context.task.name!r} trains "
-                f"classifiers (an encoder-only task): use loss=kd there"
-            )
+        require_track(context, "instruction",
+                      "loss=uld compares next-token distributions of causal LMs; task {task!r} trains "
+                      "classifiers (an encoder-only task): use loss=kd there")
         check_weight("alpha", alpha)
         check_temperature(temperature)
         check_choice("alignment", alignment, ALIGNMENTS)
