@@ -9,10 +9,12 @@ them out.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
@@ -102,3 +104,41 @@ def make_config(tmp_path):
         return cfg
 
     return make
+
+
+def write_dolly(path: Path, *, with_context: bool = False, ending: str = ".") -> Path:
+    """24 Dolly-format rows about four things and three colours ("What color is the sky?" ->
+    "The sky is blue."), for the causal track on tiny models. `with_context` fills every other
+    row's context with its answer; `ending` closes each response (a longer one gives a
+    cross-tokenizer test more tokens to align)."""
+    colors, things = ["red", "blue", "green"], ["apple", "sky", "grass", "snow"]
+    rows = []
+    for i in range(24):
+        thing, color = things[i % 4], colors[i % 3]
+        context = f"The {thing} is {color}." if with_context and i % 2 else ""
+        rows.append({"instruction": f"What color is the {thing}?", "context": context,
+                     "response": f"The {thing} is {color}{ending}"})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture
+def dolly_jsonl(tmp_path) -> Path:
+    """`write_dolly`'s rows, without context, at `tmp_path/dolly.jsonl`."""
+    return write_dolly(tmp_path / "dolly.jsonl")
+
+
+@pytest.fixture
+def dolly_jsonl_with_context(tmp_path) -> Path:
+    """`write_dolly`'s rows, every other one with a context, at `tmp_path/dolly.jsonl`."""
+    return write_dolly(tmp_path / "dolly.jsonl", with_context=True)
+
+
+@pytest.fixture
+def one_thread():
+    """In-process runs on one thread, as the single-threaded run.py processes that the resume
+    tests kill: their sums then reduce in the same order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,13 +15,11 @@ import json
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
-from transformers import TrainerCallback, set_seed
+from ddp_rank import rank_trainer
+from transformers import TrainerCallback
 
-from kdsuite import distributed, models
-from kdsuite.run.assembly import build_run, build_student, build_trainer
+from kdsuite import distributed
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 FAMILIES = {
     "pkd": ["loss=pkd"],
     "tinybert": ["loss=tinybert", "loss.intermediate_batches=2"],  # steps 1-2 intermediate, 3 prediction
@@ -54,18 +52,10 @@ class Recorder(TrainerCallback):
 
 
 def train_family(out_dir: Path, family: str, overrides: list[str]) -> None:
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, *FAMILIES[family],
-                                                       f"output_dir={out_dir / family}"])
-    run = build_run(cfg)
-    distributed.setup(run.student_args)
-    set_seed(cfg.seed)
-    teacher = models.load_pretrained_teacher(cfg.teacher, run.task)
-    set_seed(cfg.seed)
-    student = build_student(run, teacher)
-    recorder = Recorder(student, run.loss)
-    trainer = build_trainer(run, student, run.loss, teacher, run.student_args, [recorder])
+    run, trainer = rank_trainer([*overrides, *FAMILIES[family], f"output_dir={out_dir / family}"],
+                                lambda run, student: [Recorder(student, run.loss)])
     trainer.train()
+    [recorder] = [callback for callback in trainer.callback_handler.callbacks if isinstance(callback, Recorder)]
     record = {"logs": recorder.logs, "hashes": recorder.hashes, "captured": recorder.captured,
               "pairs_used": getattr(run.loss, "pairs_used", None)}
     (out_dir / f"{family}-rank{distributed.rank()}.json").write_text(json.dumps(record))

@@ -15,13 +15,10 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
-from transformers import TrainerCallback, set_seed
+from ddp_rank import rank_trainer
+from transformers import TrainerCallback
 
-from kdsuite import distributed, models
-from kdsuite.run.assembly import build_run, build_student, build_trainer
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from kdsuite import distributed
 
 
 def bank_hash(loss) -> str:
@@ -48,15 +45,8 @@ class BankRecorder(TrainerCallback):
 
 def train_codir(out_dir: Path, overrides: list[str]) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[*overrides, f"output_dir={out_dir / 'run'}"])
-    run = build_run(cfg)
-    distributed.setup(run.student_args)
-    set_seed(cfg.seed)
-    teacher = models.load_pretrained_teacher(cfg.teacher, run.task)
-    set_seed(cfg.seed)
-    student = build_student(run, teacher)
-    trainer = build_trainer(run, student, run.loss, teacher, run.student_args, [BankRecorder(run.loss, out_dir)])
+    _, trainer = rank_trainer([*overrides, f"output_dir={out_dir / 'run'}"],
+                              lambda run, student: [BankRecorder(run.loss, out_dir)])
     trainer.train()
 
 

@@ -25,17 +25,10 @@ FAST = [
 
 
 @pytest.fixture
-def dolly_jsonl(tmp_path):
-    colors, things = ["red", "blue", "green"], ["apple", "sky", "grass", "snow"]
-    rows = []
-    for i in range(24):
-        thing, color = things[i % 4], colors[i % 3]
-        context = f"The {thing} is {color}." if i % 2 else ""
-        rows.append({"instruction": f"What color is the {thing}?", "context": context,
-                     "response": f"The {thing} is {color}."})
-    path = tmp_path / "dolly.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+def dolly_jsonl(dolly_jsonl_with_context):
+    """Every other row with a context: the prompts of this track carry it (test_teacher_outputs
+    imports this fixture)."""
+    return dolly_jsonl_with_context
 
 
 def runs_by_role(cfg):

@@ -7,22 +7,15 @@ single-threaded like it, to keep the test short."""
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
-import torch
+from killed_runs import by_step, kill_at_first_checkpoint, run_py
 from omegaconf import open_dict
 
 from kdsuite.run import train
 from kdsuite.run.run_folder import CheckpointsInTheWay
-
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.e2e
 
@@ -35,13 +28,8 @@ RUN = [
 
 
 def command(tmp_path: Path, glue_dir: Path, *extra: str) -> list[str]:
-    return [sys.executable, str(REPO / "run.py"), *RUN, f"dataset.data_dir={glue_dir}",
-            f"cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'hydra'}", *extra]
-
-
-def environment() -> dict[str, str]:
-    path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+    return run_py(*RUN, f"dataset.data_dir={glue_dir}", f"cache_dir={tmp_path / 'cache'}",
+                  f"hydra.run.dir={tmp_path / 'hydra'}", *extra)
 
 
 def student_runs(uri: str):
@@ -49,15 +37,6 @@ def student_runs(uri: str):
     experiment = client.get_experiment_by_name("kdsuite")
     found = client.search_runs([experiment.experiment_id], "tags.role = 'student'")
     return client, found
-
-
-@pytest.fixture
-def one_thread():
-    """In-process runs use the subprocess's single thread, so their sums reduce in the same order."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def in_process(make_config, glue_dir, tmp_path, *extra):
@@ -82,23 +61,14 @@ def test_sigterm_ends_killed_and_resume_matches_an_uninterrupted_run(
     _, [uninterrupted] = student_runs(reference_cfg.tracking.uri)
 
     # A real run.py killed after its first checkpoint: KILLED, with the signal named and the traceback kept.
-    process = subprocess.Popen(command(tmp_path, glue_dir), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True, env=environment(), cwd=work)
     runs_dir = work / "outputs" / "runs"
-    deadline = time.monotonic() + 300
-    while not list(runs_dir.glob("*/trainer/checkpoint-*")):
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    stderr = process.communicate(timeout=120)[1]
-    assert process.returncode != 0, "the run finished before the signal arrived"
+    stderr = kill_at_first_checkpoint(command(tmp_path, glue_dir), work, runs_dir, "*/trainer/checkpoint-*")
     client, [killed] = student_runs(uri)
     assert killed.info.status == "KILLED", stderr[-3000:]
     assert killed.data.tags["error"] == "killed by SIGTERM"
     assert "RunKilled" in Path(client.download_artifacts(killed.info.run_id, "traceback.txt")).read_text()
     [folder] = runs_dir.iterdir()
-    checkpoints = sorted(folder.glob("trainer/checkpoint-*"), key=lambda path: int(path.name.split("-")[1]))
+    checkpoints = by_step(folder.glob("trainer/checkpoint-*"))
     assert 1 <= len(checkpoints) <= 2  # save_total_limit=2 keeps the newest
     assert int(checkpoints[-1].name.split("-")[1]) < 60
     assert all((checkpoint / "trainer_state.json").is_file() for checkpoint in checkpoints)

@@ -6,25 +6,18 @@ the causal track.)"""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
+from killed_runs import by_step, kill_at_first_checkpoint, run_py
 from omegaconf import open_dict
 
 from kdsuite.rollout.callback import load_state
 from kdsuite.rollout.settings import RolloutSettings
 from kdsuite.rollout.sources import STATE_FILE, AdaptiveRollout
 from kdsuite.run import train
-
-REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.e2e
 
@@ -37,24 +30,6 @@ def run_settings(jsonl: Path) -> list[str]:
         "trainer.bf16=false", "teacher.finetune.bf16=false", "teacher.finetune.max_steps=4",
         "dataset.generation.max_new_tokens=4", "dataset.generation.n_seeds=1", "dataset.generation.log_examples=1",
     ]
-
-
-@pytest.fixture
-def dolly_jsonl(tmp_path):
-    things, colors = ["apple", "sky", "grass", "snow"], ["red", "blue", "green"]
-    rows = [{"instruction": f"What color is the {things[i % 4]}?", "context": "",
-             "response": f"The {things[i % 4]} is {colors[i % 3]}."} for i in range(24)]
-    path = tmp_path / "dolly.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def in_process(make_config, settings, tmp_path, folder, *extra):
@@ -83,21 +58,10 @@ def test_sigterm_then_resume_continues_the_adaptive_schedule(tmp_path, make_conf
                                          "tags.role = 'student'")
 
     folder = tmp_path / "killed"
-    command = [sys.executable, str(REPO / "run.py"), *settings, f"cache_dir={tmp_path / 'cache'}",
-               f"output_dir={folder}", f"tracking.uri=sqlite:///{tmp_path / 'work' / 'mlflow.db'}",
-               f"hydra.run.dir={tmp_path / 'hydra'}"]
-    path = os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}, cwd=tmp_path / "work")
-    deadline = time.monotonic() + 300
-    while not list(folder.glob("trainer/checkpoint-*")):
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
-    stderr = process.communicate(timeout=120)[1]
-    assert process.returncode != 0, "the run finished before the signal arrived"
-    checkpoints = sorted(folder.glob("trainer/checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    command = run_py(*settings, f"cache_dir={tmp_path / 'cache'}", f"output_dir={folder}",
+                     f"tracking.uri=sqlite:///{tmp_path / 'work' / 'mlflow.db'}", f"hydra.run.dir={tmp_path / 'hydra'}")
+    stderr = kill_at_first_checkpoint(command, tmp_path / "work", folder, "trainer/checkpoint-*")
+    checkpoints = by_step(folder.glob("trainer/checkpoint-*"))
     newest = checkpoints[-1]
     assert int(newest.name.split("-")[1]) < 24, stderr[-2000:]
     saved = torch.load(newest / STATE_FILE, weights_only=False)

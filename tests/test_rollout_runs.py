@@ -26,16 +26,6 @@ FAST = ["experiment=causal_smoke", "teacher.finetune.max_steps=4", "trainer.max_
 SHORT = "rollout.max_new_tokens=5"  # with a source that generates
 
 
-@pytest.fixture
-def dolly_jsonl(tmp_path):
-    colors, things = ["red", "blue", "green"], ["apple", "sky", "grass", "snow"]
-    rows = [{"instruction": f"What color is the {things[i % 4]}?", "context": "",
-             "response": f"The {things[i % 4]} is {colors[i % 3]}."} for i in range(24)]
-    path = tmp_path / "dolly.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
-
-
 def in_folder(cfg, folder):
     """`cfg` writing its run folder at `folder` (make_config fixes one folder per test)."""
     with open_dict(cfg):

@@ -3,11 +3,10 @@ WordPiece, a tiny random LLaMA student over a byte-level BPE trained here): the 
 tokenizations, the teacher reading its own, the terms in MLflow; and the pairs refused before any
 work."""
 
-import json
-
 import mlflow
 import pytest
 from bpe_tokenizer import train_bpe
+from conftest import write_dolly
 from omegaconf import OmegaConf
 
 from kdsuite import models
@@ -25,12 +24,8 @@ FAST = ["experiment=causal_smoke", "teacher.finetune.max_steps=2", "trainer.max_
 
 @pytest.fixture
 def dolly_jsonl(tmp_path):
-    colors, things = ["red", "blue", "green"], ["apple", "sky", "grass", "snow"]
-    rows = [{"instruction": f"What color is the {things[i % 4]}?", "context": "",
-             "response": f"The {things[i % 4]} is {colors[i % 3]}, unbelievably."} for i in range(24)]
-    path = tmp_path / "dolly.jsonl"
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    return path
+    """Longer responses than conftest's: more tokens for the two tokenizations to align."""
+    return write_dolly(tmp_path / "dolly.jsonl", ending=", unbelievably.")
 
 
 @pytest.fixture
