@@ -1,7 +1,7 @@
 """What a training step costs under each rollout source: a few steps of each method, then a table.
 
-    python experiments/bench/causal_onpolicy.py                       # SmolLM2 -> smollm2_l6 on ShareGPT
-    python experiments/bench/causal_onpolicy.py --experiment causal_smoke --set dataset.path=my.jsonl
+    python experiments/bench/bench_rollout_cost.py                       # SmolLM2 -> smollm2_l6 on ShareGPT
+    python experiments/bench/bench_rollout_cost.py --experiment causal_smoke --set dataset.path=my.jsonl
 
 Each row trains `--steps` optimizer steps (default 4) of `experiment=causal_real` (or the one
 given) in this process, then reads its MLflow run: the wall time per step (the Trainer's
@@ -59,14 +59,14 @@ def measure(name: str, overrides: list[str], args, work: Path) -> dict:
     with open_dict(cfg):
         cfg.output_dir = str(work / "runs" / slug)
         cfg.tracking.uri = args.tracking_uri
-        cfg.tracking.experiment = "causal_onpolicy_cost"
+        cfg.tracking.experiment = "rollout_cost"
         cfg.tracking.tags = {"row": name}
         if args.cache_dir:
             cfg.cache_dir = args.cache_dir
     started = time.perf_counter()
     train(cfg)
     client = mlflow.MlflowClient(args.tracking_uri)
-    experiment = client.get_experiment_by_name("causal_onpolicy_cost")
+    experiment = client.get_experiment_by_name("rollout_cost")
     [run] = client.search_runs([experiment.experiment_id],
                                f"tags.row = '{name}' and tags.{names.ROLE} = '{names.STUDENT}'",
                                order_by=["attributes.start_time DESC"], max_results=1)
@@ -95,7 +95,8 @@ def table(rows: list[dict], args) -> str:
     lines = [
         f"# Cost of a training step per rollout source ({args.experiment}, {args.steps} steps per row, seed "
         f"{args.seed})", "",
-        "Measured by `experiments/bench/causal_onpolicy.py` on this machine; seconds per step include the first step. "
+        "Measured by `experiments/bench/bench_rollout_cost.py` on this machine; seconds per step include the "
+        "first step. "
         "Generation columns are the last logging window's (`rollout/*`); `-`: the source generates nothing "
         "during training.", "",
         "| row | source | s / step | generation s / step | generated tokens / s | generating share | one-off |",
@@ -120,7 +121,7 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], help="extra Hydra overrides for every row")
     parser.add_argument("--tracking-uri", default=None, help="default: a SQLite file in a temporary folder")
     parser.add_argument("--cache-dir", default=None, help="default: the config's cache_dir")
-    parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "causal_onpolicy_cost.md"))
+    parser.add_argument("--out", default=str(ROOT / "experiments" / "results" / "rollout_cost.md"))
     args = parser.parse_args()
     unknown = [row for row in args.rows if row not in ROWS]
     if unknown:

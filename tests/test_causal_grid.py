@@ -1,0 +1,65 @@
+"""The causal-LM comparison grid (`kdsuite.reports.causal_grid`): its record and table from rows,
+and a real two-variant grid through `run.py` on the tiny causal models, resumed from its record."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from conftest import write_dolly
+
+from kdsuite.reports.causal_grid import FIELDS, CausalGrid, main, read_record, tables, update_record
+
+
+def row(variant, seed, rouge, loss=3.0, generation=math.nan):
+    return {"variant": variant, "seed": seed, "rougeL": rouge, "val_loss": loss, "seconds_per_step": 1.5,
+            "generation_seconds_per_step": generation, "generation_time_fraction": math.nan,
+            "run_id": f"{variant}{seed}", "environment": ""}
+
+
+GRID = CausalGrid(name="g", preset="causal_smoke", dataset="dolly", student="tiny_causal_s",
+                  variants={"kd": ["loss=kd"], "gkd": ["loss=gkd"]})
+
+
+def test_the_record_keeps_the_first_run_of_a_point_and_one_teacher(tmp_path):
+    record = tmp_path / "g_runs.csv"
+    assert update_record(record, [row("kd", 1, 0.1), row("teacher", 0, 0.3)]) == 2
+    assert update_record(record, [row("kd", 1, 0.9), row("gkd", 1, 0.2), row("teacher", 0, 0.4)]) == 1
+    rows = read_record(record)
+    assert {(r["variant"], r["seed"], r["rougeL"]) for r in rows} == {("gkd", 1, 0.2), ("kd", 1, 0.1),
+                                                                     ("teacher", 0, 0.3)}
+    assert list(rows[0]) == FIELDS
+
+
+def test_the_table_pairs_seeds_against_kd_and_names_what_is_missing():
+    rows = [row("teacher", 0, 0.30), row("kd", 1, 0.10), row("kd", 2, 0.12), row("gkd", 1, 0.14, generation=0.5),
+            row("gkd", 2, 0.15, generation=0.7)]
+    text = tables(GRID, rows, ["kd", "gkd"], [1, 2, 3])
+    assert "Grid: 4 of 6 runs recorded; not run yet: kd seed 3, gkd seed 3." in text
+    assert "Teacher: ROUGE-L 30.00" in text
+    assert "tiny_causal_s gkd | 14.50 +- 0.71 (n=2)" in text and "+3.50, p=" in text
+    assert "| gkd | 2 | 3.000 +- 0.000 | 1.50 +- 0.00 | 0.60 +- 0.14 | - |" in text
+
+
+@pytest.mark.e2e
+@pytest.mark.slow(seconds=60)
+def test_a_grid_runs_its_missing_points_through_run_py_and_resumes_from_its_record(tmp_path):
+    data = write_dolly(tmp_path / "dolly.jsonl")
+    grid = CausalGrid(name="g", preset="causal_smoke", dataset="dolly", student="tiny_causal_s",
+                      variants={"kd": ["loss=kd"], "gkd_fast": ["loss=gkd", "rollout.lambda=1"]},
+                      overrides=[f"dataset.path={data}", "trainer.max_steps=2", "teacher.finetune.max_steps=2",
+                                 "dataset.generation.n_seeds=1", "trainer.bf16=false", "teacher.finetune.bf16=false",
+                                 f"cache_dir={tmp_path / 'cache'}"])
+    results = tmp_path / "results"
+    arguments = ["--seeds", "1", "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                 "--log-dir", str(tmp_path / "logs"), "--results", str(results)]
+    main(grid, arguments)
+    rows = {(r["variant"], r["seed"]): r for r in read_record(results / "g_runs.csv")}
+    assert set(rows) == {("kd", 1), ("gkd_fast", 1), ("teacher", 0)}, rows
+    assert rows["gkd_fast", 1]["generation_seconds_per_step"] > 0  # lambda 1: every step generates
+    assert math.isnan(rows["kd", 1]["generation_seconds_per_step"])
+    assert "Grid: 2 of 2 runs recorded." in (results / "g.md").read_text()
+    # a fresh store: the record alone says both points are done, so nothing runs again
+    main(grid, [*arguments[:2], "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}", *arguments[4:]])
+    assert sorted(p.name for p in (tmp_path / "logs").glob("*.log")) == ["gkd_fast-s1.log", "kd-s1.log"]
+    assert "Grid: 2 of 2 runs recorded." in (results / "g.md").read_text()
