@@ -14,7 +14,7 @@ from kdsuite.losses.fdd import FDDLoss
 from kdsuite.losses.kd import KDLoss, causal_kd_terms
 from kdsuite.losses.logit_lens import LogitLens, logit_lens_terms
 from kdsuite.losses.tokens import causal_kd, response_positions, response_token_ce, token_divergence
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 P = [0.7, 0.2, 0.1]  # teacher
 Q = [0.5, 0.3, 0.2]  # student

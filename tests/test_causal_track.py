@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from kdsuite import models
 from kdsuite.mapping import uniform
 from kdsuite.run import train
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 pytestmark = pytest.mark.e2e  # trains real runs
 

@@ -17,7 +17,7 @@ from kdsuite.losses.codir import (
     update_memory_bank,
 )
 from kdsuite.losses.kd import KDLoss
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 
 def context(labels, task="rte", pairs=((1, 2), (2, 4)), width=8):

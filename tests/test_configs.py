@@ -7,7 +7,7 @@ import torch
 from hydra.utils import instantiate
 
 from kdsuite.losses.base import DistillationLoss, LossContext
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["teacher", "student", "loss", "mapping", "dataset", "trainer"]

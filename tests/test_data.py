@@ -6,7 +6,7 @@ import pytest
 
 from kdsuite.data.glue import check_data_available, load_split, subset_indices, tokenize_split
 from kdsuite.models import load_tokenizer
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 ROW_COUNTS = {
     ("sst2", "train"): 67349, ("sst2", "validation"): 872,

@@ -34,8 +34,8 @@ from kdsuite.run.run_folder import (
     run_identity,
 )
 from kdsuite.stores.check import check_store
-from kdsuite.tasks import get_task
 from kdsuite.teacher.cache import cache_entry, get_or_finetune
+from kdsuite.tracks import get_task
 
 CHECKPOINTED = [*TINY_RUN, "trainer.save_strategy=steps", "trainer.save_steps=2", "trainer.logging_steps=2"]
 

@@ -10,7 +10,7 @@ import torch
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.fdd import FDDLoss, delta_term, fdd_terms, trajectory_term
 from kdsuite.losses.kd import KDLoss
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 
 def context(pairs=((1, 1), (2, 2)), d_student=2, d_teacher=2, task="rte"):

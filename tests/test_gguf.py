@@ -18,7 +18,7 @@ from kdsuite import models
 from kdsuite.mapping import uniform
 from kdsuite.run import train
 from kdsuite.run.assembly import build_run
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 gguf = pytest.importorskip("gguf", reason="the gguf package is not installed (pip install -e '.[causal]')")
 

@@ -62,7 +62,7 @@ def test_a_cpu_trainer_keeps_freed_memory(tmp_path, monkeypatch):
     from kdsuite.losses.base import LossContext
     from kdsuite.losses.ce import CELoss
     from kdsuite.models import resolve_location
-    from kdsuite.tasks import get_task
+    from kdsuite.tracks import get_task
 
     calls = []
     monkeypatch.setattr(trainer_module, "keep_freed_memory_in_heap", lambda: calls.append(1))

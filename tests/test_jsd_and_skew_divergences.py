@@ -10,7 +10,7 @@ import torch
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.kd import KDLoss, causal_kd_terms
 from kdsuite.losses.tokens import TopKLogProbs, causal_kd, token_divergence
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 P = [0.7, 0.2, 0.1]  # teacher
 Q = [0.5, 0.3, 0.2]  # student

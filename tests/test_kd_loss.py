@@ -9,7 +9,7 @@ import torch
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.ce import CELoss, task_loss
 from kdsuite.losses.kd import KDLoss, kd_terms, soft_label_kl
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 
 def context(task="rte"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kdsuite.metrics import glue_metrics
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 
 def test_constant_regression_predictions_score_zero_with_a_warning(caplog):

@@ -204,7 +204,7 @@ def test_defaults_follow_the_papers():
     base = BertConfig(hidden_size=768, num_attention_heads=12, num_hidden_layers=12)
     student = BertConfig(hidden_size=384, num_attention_heads=12, num_hidden_layers=6)
     from kdsuite.losses.base import LossContext
-    from kdsuite.tasks import get_task
+    from kdsuite.tracks import get_task
     context = LossContext(get_task("rte"), [(6, 12)], 384, 768, student_architecture=student, teacher_architecture=base)
     loss = MiniLMLoss(context)
     assert (loss.version, loss.relation_heads, loss.teacher_layer, loss.student_layer) == ("v2", 48, 12, 6)

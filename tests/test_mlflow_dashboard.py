@@ -23,7 +23,7 @@ def only_student(cfg):
 def test_a_saved_student_is_a_model_with_its_data_and_system_metrics(make_config, monkeypatch):
     from kdsuite.data.run_data import data_digests
     from kdsuite.run import train
-    from kdsuite.tasks import get_task
+    from kdsuite.tracks import get_task
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLES_BEFORE_LOGGING", "1")

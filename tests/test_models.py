@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 
 from kdsuite import models
 from kdsuite.mapping import skip, uniform
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 TINY = {"num_hidden_layers": 4, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
 

@@ -27,6 +27,11 @@ def test_trainer_hooks_exist_with_their_arguments():
         assert parameters[: len(arguments)] == list(arguments), f"Trainer.{name}{tuple(parameters)}"
 
 
+def test_trainer_prepares_for_training_with_the_arguments_the_benches_pass():
+    parameters = list(inspect.signature(Trainer._prepare_for_training).parameters)[1:]
+    assert parameters[:3] == ["max_steps", "train_dataloader", "resume_from_checkpoint"], parameters
+
+
 def test_checkpoint_folder_redirect_is_undone():
     class Owner:
         def _get_output_dir(self, trial=None):

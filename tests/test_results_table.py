@@ -25,7 +25,7 @@ from kdsuite.reports.results_table import (
     teacher_scores,
     update_record,
 )
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 RESULTS = REPO / "experiments" / "results"
 GLUE_TASKS = ["rte", "mrpc", "stsb", "cola", "sst2"]

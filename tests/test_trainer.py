@@ -10,7 +10,7 @@ from kdsuite.losses.codir import CoDIRLoss
 from kdsuite.losses.fdd import FDDLoss
 from kdsuite.losses.kd import KDLoss
 from kdsuite.models import load_tokenizer, resolve_location
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 from kdsuite.trainer import DistillationTrainer, training_arguments
 
 

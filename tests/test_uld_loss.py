@@ -11,7 +11,7 @@ from kdsuite.losses.base import LossContext
 from kdsuite.losses.tokens import causal_kd
 from kdsuite.losses.uld import ULDLoss, group_side, position_groups, uld_distance
 from kdsuite.losses.vocab_map import VocabMap
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 T = 2.0
 # Two examples. Student: 9 positions over 7 ids; teacher: 8 positions over 5 ids. Prompts are -100;

@@ -6,7 +6,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from kdsuite.losses.base import LossContext
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 
 def tiny_bert(layers: int, width: int, heads: int, num_labels: int = 2, seed: int = 0,

@@ -16,7 +16,7 @@ import torch
 from omegaconf import OmegaConf
 
 from kdsuite import models
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 cfg = OmegaConf.load("conf/teacher/minilm.yaml")
 teacher = models.load_pretrained_teacher(cfg, get_task("rte")).eval()

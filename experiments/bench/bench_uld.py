@@ -37,7 +37,7 @@ from kdsuite.data.run_data import PairCollator
 from kdsuite.losses.base import LossContext
 from kdsuite.losses.kd import KDLoss
 from kdsuite.losses.uld import ULDLoss
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 from kdsuite.trainer import model_inputs
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -38,7 +38,7 @@ from kdsuite.reports.results_table import (
     teacher_scores,
     update_record,
 )
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -28,7 +28,7 @@ from kdsuite.reports.results_table import (
     run_results,
     teacher_scores,
 )
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
 

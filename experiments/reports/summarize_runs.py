@@ -24,7 +24,7 @@ from kdsuite import tracking_names as names
 from kdsuite.data.glue import load_split
 from kdsuite.metrics import glue_metrics
 from kdsuite.reports.markdown import loss_rank, markdown_table, write_results
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 ROLE_ORDER = {names.TEACHER: 0, names.STUDENT: 1}
 

@@ -38,7 +38,7 @@ from kdsuite.loss_families import SWEEP_SUFFIX, swept_families
 from kdsuite.reports.markdown import markdown_table, write_results
 from kdsuite.reports.results_table import build_table, finished_runs, run_results, teacher_scores
 from kdsuite.reports.selection import newest_sweep_parent, selected_overrides, selection_id
-from kdsuite.tasks import get_task
+from kdsuite.tracks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
 TUNED = "_tuned"  # a tuned run's variant: <loss>_tuned
@@ -48,7 +48,7 @@ REFERENCE = "kd"  # the table's reference family (at its defaults, and tuned)
 
 def track_of(task: str) -> str:
     """The track a task trains on, by the names `conf/loss/*.yaml` declare (`kdsuite.loss_families`)."""
-    return "instruction" if get_task(task).is_causal_lm else "classification"
+    return get_task(task).track.name
 
 
 def tuned_families(tasks: list[str], among: list[str] | None = None) -> list[str]:

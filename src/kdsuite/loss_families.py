@@ -15,8 +15,8 @@ import re
 from pathlib import Path
 
 from kdsuite.reports.markdown import LOSS_CONFIGS, family_order
+from kdsuite.tracks import TRACKS  # the track names, where the tracks are defined
 
-TRACKS = ("classification", "instruction")
 TRACKS_LINE = re.compile(r"^#\s*tracks:\s*([a-z ]+?)\s*(?:\(|$)", re.MULTILINE)
 SWEEP_CONFIGS = LOSS_CONFIGS.parent / "sweep"  # the repository's conf/sweep
 SWEEP_SUFFIX = "_weights"

@@ -50,6 +50,15 @@ def ddp_ignore(module, names: list[str]) -> None:
         module, ignored + [name for name in names if name not in ignored])
 
 
+def prepare_for_training(trainer, max_steps: int):
+    """What `Trainer.train` does before its loop (wrap and `accelerator.prepare` the model, create
+    and prepare the optimizer and scheduler), through the Trainer's own private method, so that the
+    step benches time exactly the preparation a run gets. Used by the benches only, never by a run.
+    Returns the prepared model."""
+    model, _ = trainer._prepare_for_training(max_steps, None, None)
+    return model
+
+
 def optuna_trial_id(trial) -> int:
     """The storage's id of an asked trial (its number is per study; the id is what a trial process
     needs to report to the same row, and what heartbeats are written for)."""

@@ -3,9 +3,9 @@
 package so that the bench scripts import it as they import the rest of kdsuite, rather than
 importing each other through `sys.path`.
 
-`prepare` calls the Trainer's own `_prepare_for_training` (a private method of transformers'
-Trainer, used by the benches only, never by a run): it is what `Trainer.train` does before its
-loop, and timing that exact preparation is the point of the bench.
+`prepare` calls the Trainer's own `_prepare_for_training` through `private_api.prepare_for_training`
+(a private method of transformers' Trainer, used by the benches only, never by a run): it is what
+`Trainer.train` does before its loop, and timing that exact preparation is the point of the bench.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from kdsuite.private_api import prepare_for_training
 from kdsuite.run.tracking import cpu_model
 
 
@@ -36,8 +37,7 @@ def make_batch(vocab: int, batch: int, length: int, num_labels: int) -> dict:
 def prepare(trainer):
     """What `Trainer.train` does before its loop: wrap and `accelerator.prepare` the model,
     create and prepare the optimizer, create the scheduler. Returns the prepared model."""
-    model, _ = trainer._prepare_for_training(trainer.args.max_steps, None, None)
-    return model
+    return prepare_for_training(trainer, trainer.args.max_steps)
 
 
 def train_step(trainer, model, batch: dict, items: torch.Tensor) -> None:

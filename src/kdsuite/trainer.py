@@ -273,7 +273,7 @@ def cpu_has_bf16_kernels() -> bool:
 
 def warn_if_emulated_bf16(section: str) -> None:
     """bf16 on a CPU without bf16 kernels is emulated: a bert2l step ran 22x slower than in fp32
-    on an AVX2 CPU (`experiments/bench_cpu_bf16.py`, results/bench.md), so say it before the work
+    on an AVX2 CPU (`experiments/bench/bench_cpu_bf16.py`, results/bench.md), so say it before the work
     starts rather than let a run take hours. A warning, not an error: the precision is a valid
     choice (the GLUE grid pins bf16 so that CPU runs compute what GPU runs compute)."""
     if not cpu_has_bf16_kernels():

@@ -222,7 +222,7 @@ def per_epoch(client, run, metric: str) -> list[float]:
 
 
 def recipe_table(client, runs, tasks: list[str], students: list[str], epochs: int) -> str:
-    """The student recipe check (experiments/student_recipe.py): dev main metric after each epoch,
+    """The student recipe check (experiments/reports/student_recipe.py): dev main metric after each epoch,
     mean +- sd over seeds (x100).
 
     One row per (task, student, lr, loss) with a finished `epochs`-epoch run among `runs`, whatever
