@@ -27,8 +27,8 @@ RUN = [
 ]
 
 
-def command(tmp_path: Path, glue_dir: Path, *extra: str) -> list[str]:
-    return run_py(*RUN, f"dataset.data_dir={glue_dir}", f"cache_dir={tmp_path / 'cache'}",
+def command(tmp_path: Path, glue_dir: Path, teacher_cache: Path, *extra: str) -> list[str]:
+    return run_py(*RUN, f"dataset.data_dir={glue_dir}", f"cache_dir={teacher_cache}",
                   f"hydra.run.dir={tmp_path / 'hydra'}", *extra)
 
 
@@ -39,8 +39,16 @@ def student_runs(uri: str):
     return client, found
 
 
-def in_process(make_config, glue_dir, tmp_path, *extra):
-    cfg = make_config(*RUN, f"cache_dir={tmp_path / 'cache'}", *extra)
+@pytest.fixture(scope="module")
+def teacher_cache(tmp_path_factory) -> Path:
+    """One teacher cache for the module's runs: they share the tiny teacher, fine-tuned once per
+    worker. These tests are about the student's run folder and MLflow run; the cache itself is
+    tested in test_end_to_end and test_fault_injection."""
+    return tmp_path_factory.mktemp("teacher_cache")
+
+
+def in_process(make_config, teacher_cache, tmp_path, *extra):
+    cfg = make_config(*RUN, f"cache_dir={teacher_cache}", *extra)
     with open_dict(cfg):
         cfg.output_dir = None  # the default run folder, outputs/runs/<hash> under the working folder
         cfg.tracking.uri = f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
@@ -49,20 +57,21 @@ def in_process(make_config, glue_dir, tmp_path, *extra):
 
 @pytest.mark.slow(seconds=20)
 def test_sigterm_ends_killed_and_resume_matches_an_uninterrupted_run(
-    tmp_path, glue_dir, make_config, monkeypatch, one_thread
+    tmp_path, glue_dir, make_config, monkeypatch, one_thread, teacher_cache
 ):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
     uri = f"sqlite:///{work / 'mlflow.db'}"
 
-    reference_cfg = make_config(*RUN, f"cache_dir={tmp_path / 'cache'}")  # its own output_dir and store
+    reference_cfg = make_config(*RUN, f"cache_dir={teacher_cache}")  # its own output_dir and store
     train(reference_cfg)
     _, [uninterrupted] = student_runs(reference_cfg.tracking.uri)
 
     # A real run.py killed after its first checkpoint: KILLED, with the signal named and the traceback kept.
     runs_dir = work / "outputs" / "runs"
-    stderr = kill_at_first_checkpoint(command(tmp_path, glue_dir), work, runs_dir, "*/trainer/checkpoint-*")
+    stderr = kill_at_first_checkpoint(command(tmp_path, glue_dir, teacher_cache), work, runs_dir,
+                                      "*/trainer/checkpoint-*")
     client, [killed] = student_runs(uri)
     assert killed.info.status == "KILLED", stderr[-3000:]
     assert killed.data.tags["error"] == "killed by SIGTERM"
@@ -75,11 +84,11 @@ def test_sigterm_ends_killed_and_resume_matches_an_uninterrupted_run(
 
     # The same run again refuses to overwrite them, before any work.
     with pytest.raises(CheckpointsInTheWay, match="resume=true"):
-        train(in_process(make_config, glue_dir, tmp_path))
+        train(in_process(make_config, teacher_cache, tmp_path))
     assert len(student_runs(uri)[1]) == 1
 
     # resume=true continues the same MLflow run to the uninterrupted run's result.
-    train(in_process(make_config, glue_dir, tmp_path, "resume=true"))
+    train(in_process(make_config, teacher_cache, tmp_path, "resume=true"))
     _, [finished] = student_runs(uri)
     assert finished.info.run_id == killed.info.run_id and finished.info.status == "FINISHED"
     assert finished.data.tags["resumed_from_step"] == checkpoints[-1].name.split("-")[1]
@@ -88,11 +97,12 @@ def test_sigterm_ends_killed_and_resume_matches_an_uninterrupted_run(
         assert finished.data.metrics[metric] == pytest.approx(uninterrupted.data.metrics[metric], abs=1e-6)
 
 
-def test_resume_with_nothing_to_resume_starts_fresh(tmp_path, glue_dir, make_config, monkeypatch, caplog):
+def test_resume_with_nothing_to_resume_starts_fresh(tmp_path, glue_dir, make_config, monkeypatch, caplog,
+                                                    teacher_cache):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "work").mkdir()
     with caplog.at_level(logging.INFO, logger="kdsuite.run.job"):
-        train(in_process(make_config, glue_dir, tmp_path, "resume=true", "trainer.max_steps=4",
+        train(in_process(make_config, teacher_cache, tmp_path, "resume=true", "trainer.max_steps=4",
                          "trainer.save_strategy=no"))
     assert "holds no checkpoint: starting fresh" in caplog.text
     assert "kd-bert2l-rte-s42: dev accuracy" in caplog.text  # the closing summary line
@@ -101,13 +111,13 @@ def test_resume_with_nothing_to_resume_starts_fresh(tmp_path, glue_dir, make_con
 
 
 def test_resume_of_a_finished_run_returns_its_metric_and_trains_nothing(
-    tmp_path, glue_dir, make_config, monkeypatch, caplog
+    tmp_path, glue_dir, make_config, monkeypatch, caplog, teacher_cache
 ):
     """What makes a re-run Hydra multirun grid (`resume=true`) run only its unfinished points."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "work").mkdir()
     settings = ("resume=true", "trainer.max_steps=4", "trainer.save_strategy=no")
-    objective = train(in_process(make_config, glue_dir, tmp_path, *settings))
+    objective = train(in_process(make_config, teacher_cache, tmp_path, *settings))
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
@@ -115,7 +125,7 @@ def test_resume_of_a_finished_run_returns_its_metric_and_trains_nothing(
     monkeypatch.setattr("kdsuite.run.job.train_student", no_training)
     monkeypatch.setattr("kdsuite.run.job.prepare_teacher", no_training)
     with caplog.at_level(logging.INFO, logger="kdsuite.run.job"):
-        assert train(in_process(make_config, glue_dir, tmp_path, *settings)) == objective
+        assert train(in_process(make_config, teacher_cache, tmp_path, *settings)) == objective
     assert "finished already" in caplog.text
     _, runs = student_runs(f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
     assert len(runs) == 1
@@ -125,20 +135,20 @@ def test_resume_of_a_finished_run_returns_its_metric_and_trains_nothing(
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}"
-    other = in_process(make_config, glue_dir, tmp_path, *settings, "tracking.experiment=grid")
+    other = in_process(make_config, teacher_cache, tmp_path, *settings, "tracking.experiment=grid")
     train(other)
     client = mlflow.MlflowClient(uri)
     [in_grid] = client.search_runs([client.get_experiment_by_name("grid").experiment_id])
     assert in_grid.info.status == "FINISHED"
     monkeypatch.setattr("kdsuite.run.job.build_run", no_training)
-    for cfg in (in_process(make_config, glue_dir, tmp_path, *settings), other):
+    for cfg in (in_process(make_config, teacher_cache, tmp_path, *settings), other):
         assert train(cfg) == objective
     monkeypatch.undo()
     monkeypatch.chdir(tmp_path)
 
     # A deleted run is not a result: the point trains again. Without resume=true it always does.
     client.delete_run(runs[0].info.run_id)
-    train(in_process(make_config, glue_dir, tmp_path, *settings))
-    train(in_process(make_config, glue_dir, tmp_path, *settings[1:]))
+    train(in_process(make_config, teacher_cache, tmp_path, *settings))
+    train(in_process(make_config, teacher_cache, tmp_path, *settings[1:]))
     again = student_runs(uri)[1]
     assert len(again) == 2 and runs[0].info.run_id not in {run.info.run_id for run in again}
