@@ -6,9 +6,9 @@
 # the GLUE record's bf16 recipe, so its runs have their own record, baselines_cpu_runs.csv).
 # Rows: ce, kd, pkd, distilbert, tinybert, minilm v1, minilm v2, fdd and codir at their YAML
 # defaults, seeds SEEDS (1 2 3), two processes. tinybert runs its teacher live (teacher.outputs=live:
-# its official MSEs include padding positions, which the store cannot hold), and so does minilm, as
-# when the record was made (its cached q/k/v give the same terms within 1e-6, tests/test_teacher_outputs.py);
-# the others read the store. Resumable like every grid
+# its official MSEs include padding positions, which the store cannot hold); the others read the
+# store. Per seed: the six families of one variant label in one multirun over two processes, then
+# tinybert and minilm v1 side by side (one process each), then minilm v2. Resumable like every grid
 # (experiments/grids/glue_grid.sh): a point in the record or FINISHED in the store is not trained again.
 # After each seed the record and the table are rebuilt; with COMMIT=1 they are committed, so a
 # session cut off mid-grid loses at most the seed it was running.
@@ -22,11 +22,14 @@ rows="ce kd pkd distilbert tinybert minilm_v1 minilm_v2 fdd codir"
 status=0
 for seed in ${SEEDS:-1 2 3}; do
   SEEDS=$seed LOSSES=ce,kd,pkd,distilbert,fdd,codir bash experiments/grids/glue_grid.sh || status=1
-  SEEDS=$seed LOSSES=tinybert OUTPUTS=live bash experiments/grids/glue_grid.sh || status=1
-  for version in v1 v2; do
-    SEEDS=$seed LOSSES=minilm OUTPUTS=live VARIANT="minilm_$version" EXTRA="$EXTRA loss.version=$version" \
-      bash experiments/grids/glue_grid.sh || status=1
-  done
+  # two one-process grids side by side, one thread each (as the multirun's two processes have)
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 SEEDS=$seed JOBS=1 LOSSES=tinybert OUTPUTS=live \
+    bash experiments/grids/glue_grid.sh & tinybert=$!
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 SEEDS=$seed JOBS=1 LOSSES=minilm VARIANT=minilm_v1 \
+    EXTRA="$EXTRA loss.version=v1" bash experiments/grids/glue_grid.sh || status=1
+  wait $tinybert || status=1
+  SEEDS=$seed JOBS=1 LOSSES=minilm VARIANT=minilm_v2 EXTRA="$EXTRA loss.version=v2" \
+    bash experiments/grids/glue_grid.sh || status=1
   # shellcheck disable=SC2086  # rows is a list of labels
   python experiments/reports/compare_glue.py --tracking-uri "$URI" --experiment "$EXPERIMENT" --tasks stsb \
     --losses $rows --record baselines_cpu_runs.csv --table baselines || status=1
