@@ -5,6 +5,7 @@ source's weights bitwise after a step, `rollout=teacher` generates once and late
 cost is logged, and bad settings fail before any work, naming the key."""
 
 import json
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -24,6 +25,25 @@ FAST = ["experiment=causal_smoke", "teacher.finetune.max_steps=4", "trainer.max_
         "dataset.generation.max_new_tokens=4", "dataset.generation.n_seeds=1", "dataset.generation.log_examples=1",
         "trainer.bf16=false", "teacher.finetune.bf16=false", "mapping=uniform"]
 SHORT = "rollout.max_new_tokens=5"  # with a source that generates
+
+
+@pytest.fixture(scope="module")
+def teacher_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("teacher_cache")
+
+
+@pytest.fixture
+def make_config(make_config, teacher_cache):
+    """conftest's make_config with one teacher cache for the module: its runs share the tiny causal
+    teacher, fine-tuned once per worker (these tests are about the student's rollouts; the teacher
+    rollout's generations are still made by its own test, the only one here that asks for them)."""
+
+    def make(*overrides: str):
+        cfg = make_config(*overrides)
+        cfg.cache_dir = str(teacher_cache)
+        return cfg
+
+    return make
 
 
 def in_folder(cfg, folder):
@@ -115,7 +135,7 @@ def test_teacher_rollout_generates_once_and_later_runs_read_the_store(make_confi
     cfg = make_config(*FAST, f"dataset.path={dolly_jsonl}", "loss=seqkd", SHORT)
     train(in_folder(cfg, tmp_path / "first"))
     assert len(generations) == 1
-    [manifest] = (tmp_path / "cache").glob("teachers/*/generations/*/manifest.json")
+    [manifest] = Path(cfg.cache_dir).glob("teachers/*/generations/*/manifest.json")
     stored = json.loads((manifest.parent / "responses.json").read_text())
     assert len(stored) == len(generations[0][1]) == 16  # 24 rows less 4 validation and 4 test
     stored_rows = {tuple(response) for response in stored}
