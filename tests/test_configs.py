@@ -92,6 +92,19 @@ def test_token_level_kd_runs_at_temperature_one_on_instruction_data_only(make_co
     assert "temperature" not in make_config("loss=ce", "dataset=dolly").loss
 
 
+@pytest.mark.parametrize(("loss", "source"), [("kd", "dataset"), ("seqkd", "teacher"), ("imitkd", "student"),
+                                            ("gkd", "student"), ("distillm", "adaptive"), ("fdd", "dataset")])
+def test_the_gpu_causal_preset_composes_with_every_rollout_source(make_config, loss, source):
+    """experiment=causal_gpu sizes the run and leaves the source to the loss preset; the settings
+    pass the checks that run before any work."""
+    from kdsuite.config_checks import check_settings
+
+    cfg = make_config("experiment=causal_gpu", f"loss={loss}")
+    assert (cfg.teacher.name, cfg.student.name, cfg.dataset.name) == ("smollm2", "smollm2_l6", "sharegpt")
+    assert cfg.rollout.source == source and cfg.trainer.max_steps == 500 and cfg.dataset.split_sizes.train == 2000
+    check_settings(cfg)
+
+
 def test_causal_real_preset_uses_the_gguf_teacher_as_it_comes(make_config):
     cfg = make_config("experiment=causal_real")
     assert (cfg.teacher.name, cfg.student.name, cfg.dataset.name) == ("smollm2", "smollm2_l6", "sharegpt")
