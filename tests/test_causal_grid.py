@@ -63,3 +63,17 @@ def test_a_grid_runs_its_missing_points_through_run_py_and_resumes_from_its_reco
     main(grid, [*arguments[:2], "--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}", *arguments[4:]])
     assert sorted(p.name for p in (tmp_path / "logs").glob("*.log")) == ["gkd_fast-s1.log", "kd-s1.log"]
     assert "Grid: 2 of 2 runs recorded." in (results / "g.md").read_text()
+
+
+def test_extra_metrics_are_record_and_cost_columns(tmp_path):
+    grid = CausalGrid(name="g", preset="causal_smoke", dataset="dolly", student="tiny_causal_s",
+                      variants={"ce": ["loss=ce"], "uld": ["loss=uld"]}, reference="ce",
+                      extra_metrics=["train/align_coverage"])
+    record = tmp_path / "g_runs.csv"
+    assert update_record(record, [{**row("uld", 1, 0.1), "train/align_coverage": 0.98}, row("ce", 1, 0.1)],
+                         grid.extra_metrics) == 2
+    rows = {r["variant"]: r for r in read_record(record, grid.extra_metrics)}
+    assert list(rows["uld"]) == grid.fields and rows["uld"]["train/align_coverage"] == 0.98
+    assert math.isnan(rows["ce"]["train/align_coverage"])  # a run that logged none
+    text = tables(grid, list(rows.values()), ["ce", "uld"], [1])
+    assert "| `train/align_coverage` |" in text and "| 0.980 +- 0.000 |" in text

@@ -16,7 +16,10 @@ The record's row per run: the variant (its `variant` tag, else its loss), seed, 
 CE on the validation split), seconds per optimizer step over the run (`train_summary/runtime` /
 max_steps), and for sources that generate while training the last logging window's
 `rollout/seconds_per_step` and `rollout/time_fraction`; the teacher's own scores are a row with
-variant `teacher`.
+variant `teacher`. A grid may name `extra_metrics` (MLflow metric names, such as loss=uld's
+`train/align_coverage`): each is one more column of the record, the mean of the run's logged
+values (NaN where the run logged none), and one more column of the cost table. A variant may
+train another student than the grid's (a same-tokenizer reference): `other_students` names it.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ class CausalGrid:
     reference: str = "kd"  # the paired tests are against it
     notes: str = ""  # text after the tables (what the numbers can and cannot show)
     default_variants: list[str] = field(default_factory=list)  # empty: every variant
+    extra_metrics: list[str] = field(default_factory=list)  # more record and cost columns: a metric's mean per run
+    other_students: list[str] = field(default_factory=list)  # students that some variants train instead
+
+    @property
+    def fields(self) -> list[str]:
+        return [*FIELDS, *self.extra_metrics]
 
 
 def run_one(grid: CausalGrid, variant: str, seed: int, uri: str, experiment: str, extra: list[str],
@@ -74,8 +83,14 @@ def run_one(grid: CausalGrid, variant: str, seed: int, uri: str, experiment: str
         return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, cwd=log_dir, env=env).returncode
 
 
-def record_row(run, variant: str) -> dict:
-    """A finished run (an MLflow `Run`) as a record row."""
+def metric_mean(client, run, name: str) -> float:
+    """The mean of every value `run` logged under `name`; NaN when it logged none."""
+    values = [point.value for point in client.get_metric_history(run.info.run_id, name)]
+    return sum(values) / len(values) if values else math.nan
+
+
+def record_row(run, variant: str, client=None, extra_metrics: list[str] = ()) -> dict:
+    """A finished run (an MLflow `Run`) as a record row; with `extra_metrics`, their means (needs `client`)."""
     metrics, params = run.data.metrics, run.data.params
     steps = float(params.get("trainer.max_steps", "nan"))
     runtime = metrics.get("train_summary/runtime")
@@ -89,31 +104,35 @@ def record_row(run, variant: str) -> dict:
         "generation_time_fraction": metrics.get("rollout/time_fraction", math.nan),
         "run_id": run.info.run_id,
         "environment": run.data.tags.get(names.ENVIRONMENT, ""),
+        **{name: metric_mean(client, run, name) for name in extra_metrics},
     }
 
 
 def store_rows(client, grid: CausalGrid, experiment: str) -> list[dict]:
     """Record rows of every finished student run of this grid's student in `experiment`, and of its teacher."""
-    rows = [record_row(run, run.data.tags.get(names.VARIANT) or run.data.tags[names.LOSS])
+    students = {grid.student, *grid.other_students}
+    rows = [record_row(run, run.data.tags.get(names.VARIANT) or run.data.tags[names.LOSS], client, grid.extra_metrics)
             for run in finished_runs(client, experiment)
-            if run.data.tags.get(names.STUDENT_NAME) == grid.student]
+            if run.data.tags.get(names.STUDENT_NAME) in students]
     found = client.get_experiment_by_name(experiment)
     teachers = [] if found is None else client.search_runs(
         [found.experiment_id], f"tags.{names.ROLE} = '{names.TEACHER}' and attributes.status = 'FINISHED'")
-    return rows + [record_row(run, TEACHER_ROW) for run in teachers[:1]]
+    return rows + [record_row(run, TEACHER_ROW, client, grid.extra_metrics) for run in teachers[:1]]
 
 
-def read_record(path: Path) -> list[dict]:
+def read_record(path: Path, extra_metrics: list[str] = ()) -> list[dict]:
     if not path.exists():
         return []
+    numbers = [*FIELDS[2:7], *extra_metrics]
     with open(path) as handle:
-        return [{**row, "seed": int(row["seed"]), **{key: float(row[key]) for key in FIELDS[2:7]}}
+        return [{**row, "seed": int(row["seed"]), **{key: float(row.get(key) or "nan") for key in numbers}}
                 for row in csv.DictReader(handle)]
 
 
-def update_record(path: Path, rows: list[dict]) -> int:
+def update_record(path: Path, rows: list[dict], extra_metrics: list[str] = ()) -> int:
     """Add the rows whose (variant, seed) the record lacks; returns how many were added."""
-    recorded = read_record(path)
+    fields = [*FIELDS, *extra_metrics]
+    recorded = read_record(path, extra_metrics)
     have = {(row["variant"], row["seed"]) for row in recorded}
     added = [row for row in rows if (row["variant"], row["seed"]) not in have
              and not (row["variant"] == TEACHER_ROW and any(r["variant"] == TEACHER_ROW for r in recorded))]
@@ -121,10 +140,10 @@ def update_record(path: Path, rows: list[dict]) -> int:
     if unique:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, FIELDS)
+            writer = csv.DictWriter(handle, fields)
             writer.writeheader()
             for row in sorted([*recorded, *unique.values()], key=lambda r: (r["variant"], r["seed"])):
-                writer.writerow({key: row[key] for key in FIELDS})
+                writer.writerow({key: row.get(key, math.nan) for key in fields})
     return len(unique)
 
 
@@ -156,11 +175,13 @@ def tables(grid: CausalGrid, rows: list[dict], variants: list[str], seeds: list[
         [[v, *[next((f"{r['rougeL'] * 100:.2f} / {r['val_loss']:.3f}" for r in students
                      if (r["variant"], r["seed"]) == (v, s)), "-") for s in seeds]] for v in variants])
     cost = markdown_table(
-        ["variant", "runs", "val CE", "s / step", "generation s / step", "generation share of a step"],
+        ["variant", "runs", "val CE", "s / step", "generation s / step", "generation share of a step",
+         *[f"`{name}`" for name in grid.extra_metrics]],
         [[v, str(len(chosen)), _mean_sd([r["val_loss"] for r in chosen], 3),
           _mean_sd([r["seconds_per_step"] for r in chosen], 2),
           _mean_sd([r["generation_seconds_per_step"] for r in chosen], 2),
-          _mean_sd([r["generation_time_fraction"] for r in chosen], 2)]
+          _mean_sd([r["generation_time_fraction"] for r in chosen], 2),
+          *[_mean_sd([r.get(name, math.nan) for r in chosen], 3) for name in grid.extra_metrics]]
          for v in variants if (chosen := [r for r in students if r["variant"] == v])])
     return "\n".join([
         status, "", teacher_text, "",
@@ -194,8 +215,9 @@ def main(grid: CausalGrid, argv: list[str] | None = None) -> None:
                         *sys.argv[1:]])
 
     def save(seed: int | None) -> None:
-        added = update_record(record, store_rows(client, grid, args.experiment))
-        write_results(out, tables(grid, read_record(record), args.variants, args.seeds), command=command)
+        added = update_record(record, store_rows(client, grid, args.experiment), grid.extra_metrics)
+        write_results(out, tables(grid, read_record(record, grid.extra_metrics), args.variants, args.seeds),
+                      command=command)
         print(f"[{grid.name}] {record.name}: {added} new row(s); {out.name} rewritten", flush=True)
         if args.commit and seed is not None:
             subprocess.run(["git", "commit", "-q", "-m", f"{grid.name}: seed {seed} recorded", "--",
