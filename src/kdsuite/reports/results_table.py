@@ -25,8 +25,6 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy.stats import ttest_rel
-
 from kdsuite import tracking_names as names
 from kdsuite.reports.markdown import loss_rank, markdown_table
 from kdsuite.tracks import get_task
@@ -170,6 +168,10 @@ def paired_test(results: list[RunResult], student: str, loss: str, reference: st
     difference = statistics.fmean(a - b for a, b in pairs)
     if all(a == b for a, b in pairs):
         return 0.0, 1.0, len(pairs)
+    # imported here: scipy.stats takes about 4 s to import on this CPU, and every grid's
+    # `python -m kdsuite.reports.grid_points` reads the record through this module with no test
+    from scipy.stats import ttest_rel
+
     return difference, float(ttest_rel(ours, theirs).pvalue), len(pairs)
 
 
