@@ -11,7 +11,6 @@ import pytest
 import torch
 from conftest import TINY_RUN
 from test_causal_track import FAST as CAUSAL_FAST
-from test_causal_track import dolly_jsonl  # noqa: F401 (a fixture)
 
 from kdsuite import models
 from kdsuite.run import job, train
@@ -222,8 +221,8 @@ def test_top_k_divergence_is_the_full_one_when_the_tail_is_one_token(divergence)
     torch.testing.assert_close(top_k_grad, full_grad, rtol=1e-6, atol=1e-9)
 
 
-def test_causal_kd_runs_on_cached_top_k_and_fdd_is_refused(make_config, dolly_jsonl, monkeypatch):  # noqa: F811 (fixture)
-    causal = ["experiment=causal_smoke", f"dataset.path={dolly_jsonl}", *CAUSAL_FAST]
+def test_causal_kd_runs_on_cached_top_k_and_fdd_is_refused(make_config, dolly_jsonl_with_context, monkeypatch):
+    causal = ["experiment=causal_smoke", f"dataset.path={dolly_jsonl_with_context}", *CAUSAL_FAST]
     with pytest.raises(ValueError) as error:
         build_run(make_config(*causal, "teacher.outputs=cached"))  # the preset's loss: fdd, logit lens
     assert "loss=fdd" in str(error.value) and "teacher.outputs=cached" in str(error.value)
