@@ -136,3 +136,10 @@ def test_a_student_chat_template_needs_a_student_tokenizer(make_config, dolly_js
     cfg = make_config(f"dataset.path={dolly_jsonl}", *FAST, "loss=uld", f"+student.chat_template=\"{STUDENT_CHAT}\"")
     with pytest.raises(ValueError, match="student.chat_template is the chat template of a student with a tokenizer"):
         build_run(cfg)
+
+
+def test_ce_trains_a_student_with_its_own_tokenizer_alone(make_config, dolly_jsonl, bpe_folder):
+    """loss=ce reads no teacher, so a student tokenizer of its own is no pair to refuse: the
+    cross-tokenizer student's reference (experiments/grids/cross_tokenizer.py)."""
+    run = build_run(make_config(f"dataset.path={dolly_jsonl}", *FAST, "loss=ce", f"student.tokenizer={bpe_folder}"))
+    assert len(run.tokenizer) == 300 and run.student_architecture.vocab_size == 300 and not run.needs_teacher

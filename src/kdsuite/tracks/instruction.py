@@ -48,7 +48,8 @@ class InstructionTrack(Track):
 
     def load_tokenizers(self, cfg, task, teacher_architecture):
         """The teacher's tokenizer, prepared for prompts; the student's own only where its loss
-        declares `allows_other_tokenizer` (loss=uld), after that loss's checks of the pair, with
+        declares `allows_other_tokenizer` (loss=uld), after that loss's checks of the pair, or reads
+        no teacher (loss=ce: the student alone, the cross-tokenizer student's reference), with
         `student.chat_template` (a Jinja chat template, set by the student's config) as its chat
         template where given: a student tokenizer with none (MiniLM's WordPiece) can then write its
         own prompts under `dataset.template=chat` (`instructions.with_chat_template`)."""
@@ -69,12 +70,15 @@ class InstructionTrack(Track):
                                  f"{cfg.teacher.name!r}'s, whose chat template writes both prompts: drop it")
             return tokenizer, tokenizer
         loss_class = get_class(cfg.loss._target_)
-        if not getattr(loss_class, "allows_other_tokenizer", False):
+        # a loss that reads no teacher (ce) trains the student alone, in its own tokenization: the
+        # reference of a cross-tokenizer student, so it takes any tokenizer
+        if loss_class.needs_teacher and not getattr(loss_class, "allows_other_tokenizer", False):
             models.check_same_tokenizer(tokenizer, models.student_tokenizer_location(cfg.student))  # raises
         instructions.prepare_tokenizer(student_tokenizer)
         if chat_template:
             student_tokenizer = instructions.with_chat_template(student_tokenizer, chat_template, "student")
-        loss_class.check_tokenizers(student_tokenizer, tokenizer, cfg.loss)
+        if hasattr(loss_class, "check_tokenizers"):
+            loss_class.check_tokenizers(student_tokenizer, tokenizer, cfg.loss)
         source = (cfg.get("rollout") or {}).get("source", "dataset")
         if source != "dataset":  # generated text would come in one tokenization only
             raise ValueError(f"rollout.source={source!r} trains on generated text, which a run across tokenizers "
