@@ -218,6 +218,8 @@ def main() -> None:
                              "glibc: glibc's defaults, to compare")
     parser.add_argument("--out", type=Path, default=Path("/tmp/kdsuite-bench"))
     parser.add_argument("--results", type=Path, help="Markdown file to write the table into (a section)")
+    parser.add_argument("--section", help="added to the section's title, so that a run of some --variants "
+                                          "does not replace the section of another set")
     parser.add_argument("--memory-of", choices=list(VARIANTS), help=argparse.SUPPRESS)  # internal: CPU peak
     args = parser.parse_args()
     if args.malloc == "glibc":
@@ -268,6 +270,8 @@ def main() -> None:
     title = f"{device_name}: {args.teacher} -> {args.student}, batch {args.batch}, length {args.seq_len}, bf16 {bf16}"
     if device.type == "cpu" and args.malloc == "glibc":
         title += ", glibc malloc defaults"
+    if args.section:
+        title += f", {args.section}"
     peak_kind = ("peak allocated during the step" if device.type == "cuda"
                  else "peak RSS of the variant alone, above its start")
     header = ["loss", "median step (ms)", "x ce", "x ideal (ce + teacher fwd)", f"memory (MiB, {peak_kind})"]
