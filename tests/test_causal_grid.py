@@ -77,3 +77,15 @@ def test_extra_metrics_are_record_and_cost_columns(tmp_path):
     assert math.isnan(rows["ce"]["train/align_coverage"])  # a run that logged none
     text = tables(grid, list(rows.values()), ["ce", "uld"], [1])
     assert "| `train/align_coverage` |" in text and "| 0.980 +- 0.000 |" in text
+
+
+def test_every_run_is_tagged_with_its_variant(tmp_path, monkeypatch):
+    """A loss preset's `loss` tag is its class's name (gkd's is kd), so the variant tag is what
+    keeps a gkd run out of the kd row."""
+    from kdsuite.reports import causal_grid
+
+    commands = []
+    monkeypatch.setattr(causal_grid.subprocess, "run",
+                        lambda command, **_: commands.append(command) or type("Done", (), {"returncode": 0})())
+    causal_grid.run_one(GRID, "gkd", 1, "sqlite:///x.db", "g", [], tmp_path)
+    assert "+tracking.tags.variant=gkd" in commands[0] and "loss=gkd" in commands[0]

@@ -70,8 +70,10 @@ class CausalGrid:
 def run_one(grid: CausalGrid, variant: str, seed: int, uri: str, experiment: str, extra: list[str],
             log_dir: Path) -> int:
     """One training run of `variant` at `seed`, a `run.py` process of its own, its log in `log_dir`."""
-    label = [] if variant in {o.removeprefix("loss=") for o in grid.variants[variant] if o.startswith("loss=")} \
-        else [f"+tracking.tags.{names.VARIANT}={variant}"]
+    # every run is tagged with its variant: a loss preset's `loss` tag is its class's name (gkd,
+    # imitkd and distillm runs are tagged kd, seqkd's ce), so without the tag they would be recorded
+    # as the kd and sft rows
+    label = [f"+tracking.tags.{names.VARIANT}={variant}"]
     command = [sys.executable, str(ROOT / "run.py"), f"experiment={grid.preset}", *grid.overrides,
                *grid.variants[variant], *label,
                f"seed={seed}", f"tracking.uri={uri}", f"tracking.experiment={experiment}", *extra]
