@@ -18,7 +18,7 @@ def row(variant, seed, rouge, loss=3.0, generation=math.nan):
 
 
 GRID = CausalGrid(name="g", preset="causal_smoke", dataset="dolly", student="tiny_causal_s",
-                  variants={"kd": ["loss=kd"], "gkd": ["loss=gkd"]})
+                  variants={"kd": ["loss=kd"], "gkd": ["loss=gkd"]}, real_parts=False)
 
 
 def test_the_record_keeps_the_first_run_of_a_point_and_one_teacher(tmp_path):
@@ -46,7 +46,7 @@ def test_the_table_pairs_seeds_against_kd_and_names_what_is_missing():
 def test_a_grid_runs_its_missing_points_through_run_py_and_resumes_from_its_record(tmp_path):
     data = write_dolly(tmp_path / "dolly.jsonl")
     grid = CausalGrid(name="g", preset="causal_smoke", dataset="dolly", student="tiny_causal_s",
-                      variants={"kd": ["loss=kd"], "gkd_fast": ["loss=gkd", "rollout.lambda=1"]},
+                      variants={"kd": ["loss=kd"], "gkd_fast": ["loss=gkd", "rollout.lambda=1"]}, real_parts=False,
                       overrides=[f"dataset.path={data}", "trainer.max_steps=2", "teacher.finetune.max_steps=2",
                                  "dataset.generation.n_seeds=1", "trainer.bf16=false", "teacher.finetune.bf16=false",
                                  f"cache_dir={tmp_path / 'cache'}"])
@@ -89,3 +89,15 @@ def test_every_run_is_tagged_with_its_variant(tmp_path, monkeypatch):
                         lambda command, **_: commands.append(command) or type("Done", (), {"returncode": 0})())
     causal_grid.run_one(GRID, "gkd", 1, "sqlite:///x.db", "g", [], tmp_path)
     assert "+tracking.tags.variant=gkd" in commands[0] and "loss=gkd" in commands[0]
+
+
+def test_a_grid_on_the_real_parts_stops_before_any_run_without_the_causal_extras(tmp_path, monkeypatch):
+    from kdsuite.reports import causal_grid
+
+    monkeypatch.setattr(causal_grid, "CAUSAL_EXTRAS", ("no_such_package_kdsuite",))
+    monkeypatch.setattr(causal_grid, "run_one", lambda *a, **k: pytest.fail("a run started"))
+    real = CausalGrid(name="g", preset="causal_real", dataset="sharegpt", student="smollm2_l6",
+                      variants={"kd": ["loss=kd"]})
+    with pytest.raises(SystemExit) as stop:
+        main(real, ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--results", str(tmp_path)])
+    assert stop.value.code == 2

