@@ -49,9 +49,9 @@ def test_each_family_runs_through_run_py_and_logs_its_terms(tmp_path, glue_dir):
             values = [point.value for point in client.get_metric_history(run.info.run_id, f"train/{term}")]
             assert len(values) == 4 and all(value == value for value in values), (loss, term, values)
     assert students["minilm"].data.params["loss.version"] == "v2"
-    # tinybert's default split (1000 batches) keeps all 4 steps in the intermediate stage
+    # tinybert's default split, the official 10/13 of the run: 3 of the 4 batches intermediate, then prediction
     stages = [p.value for p in client.get_metric_history(students["tinybert"].info.run_id, "train/stage")]
-    assert stages == [0.0, 0.0, 0.0, 0.0]
+    assert stages == [0.0, 0.0, 0.0, 1.0]
 
 
 @pytest.mark.parametrize(
@@ -64,6 +64,9 @@ def test_each_family_runs_through_run_py_and_logs_its_terms(tmp_path, glue_dir):
         (["loss=minilm", "loss.ce_weight=-1.0"], "loss.ce_weight=-1.0 must be >= 0"),
         (["loss=tinybert", "loss.stage=all"],
          r"loss.stage='all' is not one of \['intermediate', 'prediction', 'both'\]"),
+        # TINY_RUN makes 4 training batches: a split at 4 would never reach the prediction stage
+        (["loss=tinybert", "loss.intermediate_batches=4"],
+         r"loss.intermediate_batches=4 with loss.stage=both, but this run makes only 4 training batches per process"),
         (["loss=minilm", "loss.relation_heads=3"],
          "loss.relation_heads=3 must be >= 1 and divide the student's width 32"),
     ],
@@ -89,6 +92,20 @@ def test_bad_settings_fail_in_build_run(make_config, overrides, message):
 def test_checks_that_need_the_architectures_fail_in_build_run(make_config, overrides, message):
     with pytest.raises(ValueError, match=message):
         build_run(make_config(*TINY_RUN, *overrides))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "batches"),
+    [
+        ([], 4),  # trainer.max_steps=4
+        (["trainer.gradient_accumulation_steps=2"], 8),  # two micro-batches per step
+        (["trainer.max_steps=-1", "trainer.num_train_epochs=2"], 12),  # 48 examples / 8 = 6 batches, twice
+        (["trainer.max_steps=-1", "trainer.num_train_epochs=1", "dataset.max_train_samples=50"], 7),  # a short last
+    ],
+)
+def test_tinybert_splits_the_runs_own_length_by_default(make_config, overrides, batches):
+    loss = build_run(make_config(*TINY_RUN, "loss=tinybert", *overrides)).loss
+    assert loss.intermediate_batches == round(10 / 13 * batches)
 
 
 def test_tinybert_refuses_cached_outputs_naming_the_loss(make_config):

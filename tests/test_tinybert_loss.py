@@ -4,6 +4,7 @@ and how it is counted and saved, and the settings it refuses."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -187,7 +188,7 @@ def test_mismatched_heads_are_refused_before_any_work_and_when_bound():
         ({"stage": "final"}, r"loss.stage='final' is not one of \['intermediate', 'prediction', 'both'\]"),
         ({"attn_weight": -1.0}, "loss.attn_weight=-1.0 must be >= 0"),
         ({"embd_weight": -2.0}, "loss.embd_weight=-2.0 must be >= 0"),
-        ({"intermediate_batches": -1}, "loss.intermediate_batches=-1 must be >= 0"),
+        ({"intermediate_batches": -1}, "loss.intermediate_batches=-1 must be >= 0, or null"),
         ({"temperature": 0.0}, "loss.temperature=0.0 must be > 0"),
     ],
 )
@@ -201,3 +202,19 @@ def test_causal_lm_task_is_refused():
     student, teacher = models()
     with pytest.raises(ValueError, match="loss=tinybert distils BERT-style sequence classifiers.*task 'dolly'"):
         TinyBERTLoss(context_for(student, teacher, [(2, 4)], task="dolly"))
+
+
+def test_the_split_is_the_official_share_of_the_run_and_one_it_never_reaches_is_refused():
+    student, teacher = models()
+    context = dataclasses.replace(context_for(student, teacher, [(2, 4)]), training_batches=189)
+    assert TinyBERTLoss(context).intermediate_batches == 145  # round(10/13 * 189): 10 epochs of 13
+    assert TinyBERTLoss(context, intermediate_batches=188).intermediate_batches == 188
+    with pytest.raises(ValueError, match=r"loss.intermediate_batches=1000 with loss.stage=both, but this run makes "
+                                         r"only 189 training batches per process.*null: the official 10/13 of the "
+                                         r"run, 145\), or loss.stage=intermediate"):
+        TinyBERTLoss(context, intermediate_batches=1000)
+    # one stage for the whole run: the split is not used, and not checked
+    assert TinyBERTLoss(context, stage="intermediate", intermediate_batches=1000).current_stage() == "intermediate"
+    # without the run's length (a loss built outside a run) a null split cannot be placed: it says so when used
+    with pytest.raises(RuntimeError, match="needs the run's length"):
+        TinyBERTLoss(context_for(student, teacher, [(2, 4)])).current_stage()

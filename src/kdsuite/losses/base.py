@@ -38,6 +38,8 @@ class LossContext:
     training example whose `example_index` is i (empty for causal-LM tasks, whose labels are
     token sequences), and the run's `seed` (for what a loss draws itself). `student_architecture`
     and `teacher_architecture` are the models' configs (depth, heads), None where not given.
+    `training_batches` is the number of training micro-batches each process will give the loss
+    (`run.assembly.training_batches`), None before the data is read.
     """
 
     task: ClassificationTask | InstructionTask
@@ -50,6 +52,7 @@ class LossContext:
     student_architecture: PretrainedConfig | None = None
     teacher_architecture: PretrainedConfig | None = None
     tokenizers: tuple = ()  # instruction track: (student's, teacher's) when they differ (loss=uld)
+    training_batches: int | None = None
 
 
 class DistillationLoss(nn.Module):

@@ -15,7 +15,11 @@ Stages (`stage`): the paper distils the intermediate layers first (L_attn + L_hi
 then the prediction layer (L_pred). `intermediate` and `prediction` run one stage for the whole
 run; `both` runs them one after the other in one run: the first `intermediate_batches` training
 calls of the loss (micro-batches: with gradient accumulation g, g per optimizer step) are the
-intermediate stage, the rest the prediction stage. The loss counts its training calls in a
+intermediate stage, the rest the prediction stage. By default (`intermediate_batches: null`) the
+split follows the official README's schedule, 10 intermediate epochs before 3 prediction epochs:
+the first 10/13 of the run's training batches (`LossContext.training_batches`), rounded. A count
+given explicitly must leave the prediction stage at least one batch: a run that would never reach
+it would never train the classifier on the task, and is refused before any work. The loss counts its training calls in a
 persistent buffer `calls`, which is saved in checkpoints with the student (the loss is one of its
 submodules), so a resumed run continues in the right stage; evaluation calls do not count.
 
@@ -99,6 +103,24 @@ def learned_projection(d_student: int, d_teacher: int) -> nn.Linear:
     return projection
 
 
+INTERMEDIATE_SHARE = 10 / 13  # official README: task_distill.py 10 epochs, then --pred_distill 3 epochs
+
+
+def intermediate_length(intermediate_batches: int | None, training_batches: int | None) -> int | None:
+    """The intermediate stage's training batches under `stage=both`: the given count, checked against
+    the run's length, or INTERMEDIATE_SHARE of the run (None while the run's length is unknown)."""
+    if intermediate_batches is None:
+        return None if training_batches is None else round(INTERMEDIATE_SHARE * training_batches)
+    if training_batches is not None and intermediate_batches >= training_batches:
+        raise ValueError(
+            f"loss.intermediate_batches={intermediate_batches} with loss.stage=both, but this run makes only "
+            f"{training_batches} training batches per process: it would never reach the prediction stage, and its "
+            f"classifier would never train on the task. Give fewer than {training_batches} (null: the official "
+            f"10/13 of the run, {round(INTERMEDIATE_SHARE * training_batches)}), or loss.stage=intermediate"
+        )
+    return intermediate_batches
+
+
 def check_equal_heads(student_heads: int, teacher_heads: int) -> None:
     if student_heads != teacher_heads:
         raise ValueError(
@@ -118,7 +140,7 @@ class TinyBERTLoss(DistillationLoss):
         self,
         context: LossContext,
         stage: str = "both",
-        intermediate_batches: int = 1000,
+        intermediate_batches: int | None = None,
         temperature: float = 1.0,
         attn_weight: float = 1.0,
         hidn_weight: float = 1.0,
@@ -129,8 +151,10 @@ class TinyBERTLoss(DistillationLoss):
         check_choice("stage", stage, STAGES)
         check_temperature(temperature)
         check_nonnegative(attn_weight=attn_weight, hidn_weight=hidn_weight, embd_weight=embd_weight)
-        if intermediate_batches < 0:
-            raise ValueError(f"loss.intermediate_batches={intermediate_batches} must be >= 0")
+        if intermediate_batches is not None and intermediate_batches < 0:
+            raise ValueError(f"loss.intermediate_batches={intermediate_batches} must be >= 0, or null")
+        if stage == "both":
+            intermediate_batches = intermediate_length(intermediate_batches, context.training_batches)
         student_arch, teacher_arch = context.student_architecture, context.teacher_architecture
         if student_arch is not None and teacher_arch is not None:
             check_equal_heads(student_arch.num_attention_heads, teacher_arch.num_attention_heads)
@@ -163,6 +187,9 @@ class TinyBERTLoss(DistillationLoss):
     def current_stage(self) -> str:
         if self.stage != "both":
             return self.stage
+        if self.intermediate_batches is None:
+            raise RuntimeError("loss=tinybert with stage=both and intermediate_batches=null needs the run's length "
+                               "(LossContext.training_batches) to place the switch; give loss.intermediate_batches")
         return "intermediate" if int(self.calls) < self.intermediate_batches else "prediction"
 
     def intermediate_terms(self, student_out, teacher_out, mask) -> dict[str, torch.Tensor]:

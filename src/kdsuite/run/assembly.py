@@ -12,6 +12,7 @@ nothing else wires a trainer by hand.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,17 @@ def teacher_settings(cfg: DictConfig) -> dict:
     return as_settings(cfg.teacher.finetune)
 
 
+def training_batches(args: TrainingArguments, examples: int, world: int) -> int:
+    """The training micro-batches each of `world` processes will make over `examples` training
+    examples, as the Trainer schedules them (to within one optimizer step for fractional epochs):
+    `max_steps` x accumulation, or the epochs times each process's share of the batches."""
+    if args.max_steps > 0:
+        return args.max_steps * args.gradient_accumulation_steps
+    size = args.per_device_train_batch_size
+    batches = examples // size if args.dataloader_drop_last else math.ceil(examples / size)
+    return math.ceil(args.num_train_epochs * math.ceil(batches / world))
+
+
 def build_run(cfg: DictConfig) -> Run:
     """Check the config and build data, mapping, loss and training arguments; raises before any
     long work."""
@@ -151,8 +163,9 @@ def build_run(cfg: DictConfig) -> Run:
     rollout_source = rollout.build_source(cfg, task, make_loss.func, tokenizer)
     run_data = load_run_data(cfg, task, tokenizer, teacher_tokenizer)
     run_data.digests = digests
+    batches = training_batches(student_args, len(run_data.train_set), world)
     loss = make_loss(context=dataclasses.replace(context, train_labels=run_data.train_labels,
-                                                 labels_are_placeholders=False))
+                                                 labels_are_placeholders=False, training_batches=batches))
     return Run(cfg, task, tokenizer, teacher_arch, student_arch, layer_pairs, loss, run_data, student_args,
                teacher_args, out_dir, identity, resume_from, teacher_cache.cache_entry(cfg, digests),
                rollout=rollout_source,
