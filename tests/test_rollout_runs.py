@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
-from conftest import TINY_RUN
+from conftest import TINY_RUN, write_dolly
 from omegaconf import open_dict
 from safetensors.torch import load_file
 
@@ -125,6 +125,50 @@ def test_lambda_zero_equals_the_dataset_source_bitwise_after_a_step(make_config,
     moved = trained_student(make_config, dolly_jsonl, tmp_path, "lambda1", "loss=gkd", "loss.divergence=forward_kl",
                             "loss.alpha=0.5", "rollout.lambda=1", SHORT)
     assert len(generated) == 1 and not all(torch.equal(dataset[name], moved[name]) for name in dataset)
+
+
+def test_micro_batches_of_a_step_weigh_one_in_all_when_generated_and_data_text_mix(make_config, tmp_path,
+                                                                                     monkeypatch):
+    """Under gradient accumulation the micro-batches of one optimizer step must weigh 1 together, whichever
+    of them the coin gave generated text: every micro-batch is its own token mean over g (TRL's GKD)."""
+    from kdsuite.trainer import DistillationTrainer
+
+    # responses of unequal lengths, so that the data micro-batches of a step hold unequal token counts
+    rows = [json.loads(line) for line in write_dolly(tmp_path / "even.jsonl").read_text().splitlines()]
+    for i, row in enumerate(rows):
+        row["response"] = row["response"].replace(" is ", " is" + " very" * (i % 5) + " ")
+    dolly_jsonl = tmp_path / "dolly.jsonl"
+    dolly_jsonl.write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    weights = []  # per micro-batch: (optimizer step, generated?, weight the loss entered the step with)
+    real_scale, real_batch = DistillationTrainer._scale_for_accumulation, sources.StudentRollout.batch_for_step
+    replaced = []
+
+    def batch_for_step(self, model, batch, step, total_steps):
+        rolled = real_batch(self, model, batch, step, total_steps)
+        replaced.append((step, rolled is not batch))
+        return rolled
+
+    def scale(self, loss, labels, num_items_in_batch):
+        scaled = real_scale(self, loss, labels, num_items_in_batch)
+        if self.rollout is not None:  # the student's steps, not the teacher's fine-tune
+            step, generated = replaced[-1]
+            weights.append((step, generated, (scaled / loss).item()))
+        return scaled
+
+    monkeypatch.setattr(sources.StudentRollout, "batch_for_step", batch_for_step)
+    monkeypatch.setattr(DistillationTrainer, "_scale_for_accumulation", scale)
+    cfg = make_config(*FAST, f"dataset.path={dolly_jsonl}", "trainer.max_steps=4",
+                      "trainer.per_device_train_batch_size=2", "trainer.gradient_accumulation_steps=2", "loss=gkd",
+                      "rollout.lambda=0.5", SHORT)
+    train(in_folder(cfg, tmp_path / "mixed"))
+    steps = {}
+    for step, generated, weight in weights:
+        steps.setdefault(step, []).append((generated, weight))
+    assert sorted(steps) == [0, 1, 2, 3] and all(len(micro) == 2 for micro in steps.values())
+    assert any({generated for generated, _ in micro} == {True, False} for micro in steps.values()), steps  # mixed
+    for step, micro in steps.items():
+        assert sum(weight for _, weight in micro) == pytest.approx(1.0, abs=1e-6), (step, micro)
 
 
 @pytest.mark.slow(seconds=35)

@@ -121,10 +121,10 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss_fn = self.distillation_loss
         if self.rollout is not None:
-            rolled = self.rollout.batch_for_step(self.accelerator.unwrap_model(model), inputs, self.state.global_step,
+            inputs = self.rollout.batch_for_step(self.accelerator.unwrap_model(model), inputs, self.state.global_step,
                                                  self.state.max_steps)
-            if rolled is not inputs:  # generated text: normalised by its own response tokens
-                inputs, num_items_in_batch = rolled, None
+            if self.rollout.replaces_batches:  # every micro-batch its own token mean (see RolloutSource)
+                num_items_in_batch = None
         features = model_inputs(inputs)
         student_out = model(**features, output_hidden_states=loss_fn.needs_hidden_states)
         teacher_out = self.teacher_forward(features, inputs) if loss_fn.needs_teacher else None

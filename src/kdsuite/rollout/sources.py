@@ -12,8 +12,15 @@ Choices where the papers' code is silent or does not apply:
 - Generation itself draws from the global torch RNG (as `generate` does), which the Trainer's
   checkpoints restore; the coin's state, the schedule and the replay buffer are in
   `rollout_state.pt` (`rollout_state_<rank>.pt` for ranks > 0) beside them.
-- A step whose text was generated is normalised by its own response tokens (the Trainer counted
-  the data's tokens for `num_items_in_batch` before the batch was replaced).
+- Under a source that replaces batches (`student`, `adaptive`) every micro-batch is the mean over
+  its own response tokens, divided by the accumulation steps, whether its text is the data's or
+  generated: each micro-batch of an optimizer step weighs 1/g, as in TRL's GKDTrainer (its loss is a
+  per-micro-batch mean, which the Trainer divides by g). The Trainer's `num_items_in_batch` counts
+  the data's response tokens of all g micro-batches before any is replaced, so weighting data
+  micro-batches by it and generated ones by 1/g would give a step whose weights do not sum to 1
+  (with g = 2: 1/2 for the generated one, plus the data one's share of both data micro-batches'
+  tokens; `tests/test_rollout_runs.py` checks the sum per step). The `dataset` and `teacher`
+  sources keep the token-weighted mean over the whole step.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ class RolloutSource:
     its text having been swapped in before; see `teacher_store`)."""
 
     needs_teacher_model = False  # the run must load the teacher even if the loss reads none
+    replaces_batches = False  # may swap a micro-batch's text for generated text (see the module docstring)
     evaluates = False  # wants the validation loss every `settings.validation_interval` steps (null: an epoch)
     needs_reference_loss = False  # wants the validation loss before the first step
 
@@ -120,6 +128,8 @@ class StudentRollout(RolloutSource):
     """On-policy (GKD; ImitKD with `schedule=linear`): with probability `lambda(step)` a micro-batch's
     responses are replaced by the student's samples of its prompts."""
 
+    replaces_batches = True
+
     def batch_for_step(self, model, batch: dict, step: int, total_steps: int) -> dict:
         self.fraction_now = on_policy_fraction(self.settings.fraction, self.settings.schedule, step, total_steps)
         if not self.random.random() < self.fraction_now:
@@ -136,6 +146,7 @@ class AdaptiveRollout(RolloutSource):
     `AdaptiveThreshold`; fresh samples go into the replay buffer."""
 
     evaluates = True
+    replaces_batches = True
 
     def __init__(self, settings: RolloutSettings, pad_token_id: int, eos_token_id: int | None, seed: int):
         super().__init__(settings, pad_token_id, eos_token_id, seed)
