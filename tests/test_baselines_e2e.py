@@ -11,6 +11,7 @@ import mlflow
 import pytest
 from conftest import REPO, TINY_RUN
 
+from kdsuite.losses.tinybert import TinyBERTLoss
 from kdsuite.run import train
 from kdsuite.run.assembly import build_run
 
@@ -94,18 +95,42 @@ def test_checks_that_need_the_architectures_fail_in_build_run(make_config, overr
         build_run(make_config(*TINY_RUN, *overrides))
 
 
-@pytest.mark.parametrize(
-    ("overrides", "batches"),
-    [
-        ([], 4),  # trainer.max_steps=4
-        (["trainer.gradient_accumulation_steps=2"], 8),  # two micro-batches per step
-        (["trainer.max_steps=-1", "trainer.num_train_epochs=2"], 12),  # 48 examples / 8 = 6 batches, twice
-        (["trainer.max_steps=-1", "trainer.num_train_epochs=1", "dataset.max_train_samples=50"], 7),  # a short last
-    ],
-)
+# TINY_RUN: 48 training examples in batches of 8, so 6 batches an epoch on one process
+SPLITS = [
+    ([], 4),  # trainer.max_steps=4
+    (["trainer.gradient_accumulation_steps=2"], 8),  # 3 steps an epoch: 6 micro-batches, then 2
+    (["trainer.gradient_accumulation_steps=4", "trainer.max_steps=3"], 10),  # an epoch's last step takes 2, not 4
+    (["trainer.max_steps=-1", "trainer.num_train_epochs=2"], 12),
+    (["trainer.max_steps=-1", "trainer.num_train_epochs=1", "dataset.max_train_samples=50"], 7),  # a short last
+    (["trainer.max_steps=-1", "trainer.num_train_epochs=1.5", "trainer.gradient_accumulation_steps=4"], 10),
+    (["trainer.max_steps=2", "trainer.per_device_train_batch_size=48"], 2),  # the fewest stage=both allows: 1 + 1
+]
+
+
+@pytest.mark.parametrize(("overrides", "batches"), SPLITS)
 def test_tinybert_splits_the_runs_own_length_by_default(make_config, overrides, batches):
     loss = build_run(make_config(*TINY_RUN, "loss=tinybert", *overrides)).loss
-    assert loss.intermediate_batches == round(10 / 13 * batches)
+    assert loss.intermediate_batches == min(round(10 / 13 * batches), batches - 1)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("overrides", [SPLITS[2][0], SPLITS[5][0]], ids=["max_steps", "fractional_epochs"])
+def test_the_run_makes_the_training_batches_build_run_counted(make_config, overrides, monkeypatch):
+    """The count is the Trainer's: the loss's own count of training calls at the end equals it."""
+    from kdsuite.run import assembly
+
+    counted, losses = [], []
+    real_count, real_bind = assembly.training_batches, TinyBERTLoss.bind_models
+    monkeypatch.setattr(assembly, "training_batches", lambda *args: counted.append(real_count(*args)) or counted[-1])
+    monkeypatch.setattr(TinyBERTLoss, "bind_models", lambda self, *args: losses.append(self) or real_bind(self, *args))
+    train(make_config(*TINY_RUN, "loss=tinybert", *overrides))
+    assert counted == [10] and int(losses[-1].calls) == 10
+
+
+def test_a_run_of_one_batch_cannot_hold_both_stages(make_config):
+    with pytest.raises(ValueError, match="loss.stage=both runs two stages one after the other, but this run makes "
+                                         "only 1 training batch per process"):
+        build_run(make_config(*TINY_RUN, "loss=tinybert", "trainer.max_steps=1"))
 
 
 def test_tinybert_refuses_cached_outputs_naming_the_loss(make_config):

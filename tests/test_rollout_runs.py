@@ -169,6 +169,7 @@ def test_micro_batches_of_a_step_weigh_one_in_all_when_generated_and_data_text_m
     assert any({generated for generated, _ in micro} == {True, False} for micro in steps.values()), steps  # mixed
     for step, micro in steps.items():
         assert sum(weight for _, weight in micro) == pytest.approx(1.0, abs=1e-6), (step, micro)
+        assert all(weight == pytest.approx(1 / len(micro), abs=1e-6) for _, weight in micro), (step, micro)
 
 
 @pytest.mark.slow(seconds=35)

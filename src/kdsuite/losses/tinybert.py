@@ -17,7 +17,8 @@ run; `both` runs them one after the other in one run: the first `intermediate_ba
 calls of the loss (micro-batches: with gradient accumulation g, g per optimizer step) are the
 intermediate stage, the rest the prediction stage. By default (`intermediate_batches: null`) the
 split follows the official README's schedule, 10 intermediate epochs before 3 prediction epochs:
-the first 10/13 of the run's training batches (`LossContext.training_batches`), rounded. A count
+the first 10/13 of the run's training batches (`LossContext.training_batches`), rounded, leaving
+the prediction stage at least one (a run of fewer than 2 batches is refused). A count
 given explicitly must leave the prediction stage at least one batch: a run that would never reach
 it would never train the classifier on the task, and is refused before any work. The loss counts its training calls in a
 persistent buffer `calls`, which is saved in checkpoints with the student (the loss is one of its
@@ -106,17 +107,28 @@ def learned_projection(d_student: int, d_teacher: int) -> nn.Linear:
 INTERMEDIATE_SHARE = 10 / 13  # official README: task_distill.py 10 epochs, then --pred_distill 3 epochs
 
 
+def default_split(training_batches: int) -> int:
+    """INTERMEDIATE_SHARE of a run's training batches, rounded, leaving the prediction stage at least one."""
+    return min(round(INTERMEDIATE_SHARE * training_batches), training_batches - 1)
+
+
 def intermediate_length(intermediate_batches: int | None, training_batches: int | None) -> int | None:
     """The intermediate stage's training batches under `stage=both`: the given count, checked against
     the run's length, or INTERMEDIATE_SHARE of the run (None while the run's length is unknown)."""
+    if training_batches is not None and training_batches < 2:
+        raise ValueError(f"loss.stage=both runs two stages one after the other, but this run makes only "
+                         f"{training_batches} training batch per process; give it more steps, or one stage "
+                         f"(loss.stage=intermediate or loss.stage=prediction)")
     if intermediate_batches is None:
-        return None if training_batches is None else round(INTERMEDIATE_SHARE * training_batches)
+        if training_batches is None:
+            return None
+        return default_split(training_batches)
     if training_batches is not None and intermediate_batches >= training_batches:
         raise ValueError(
             f"loss.intermediate_batches={intermediate_batches} with loss.stage=both, but this run makes only "
             f"{training_batches} training batches per process: it would never reach the prediction stage, and its "
             f"classifier would never train on the task. Give fewer than {training_batches} (null: the official "
-            f"10/13 of the run, {round(INTERMEDIATE_SHARE * training_batches)}), or loss.stage=intermediate"
+            f"10/13 of the run, {default_split(training_batches)}), or loss.stage=intermediate"
         )
     return intermediate_batches
 

@@ -6,15 +6,17 @@ This is the seam for a faster generator (a vLLM engine on a GPU): a source only 
 
 Choices where the papers' code is silent or does not apply:
 - The coin of each micro-batch comes from the source's own `random.Random(seed)`, not from the
-  global RNGs: `lambda = 0` then leaves a run bitwise equal to `rollout=dataset` (no draw touches
-  dropout's or the sampler's RNG), and every DDP rank, seeded alike, takes the same branch in a
+  global RNGs: `lambda = 0` then leaves a run bitwise equal to `rollout=dataset` on one process
+  without accumulation (no draw touches dropout's or the sampler's RNG; with accumulation or ranks
+  the two differ in weighting only, see below), and every DDP rank, seeded alike, takes the same branch in a
   step while generating for its own shard of prompts.
 - Generation itself draws from the global torch RNG (as `generate` does), which the Trainer's
   checkpoints restore; the coin's state, the schedule and the replay buffer are in
   `rollout_state.pt` (`rollout_state_<rank>.pt` for ranks > 0) beside them.
 - Under a source that replaces batches (`student`, `adaptive`) every micro-batch is the mean over
-  its own response tokens, divided by the accumulation steps, whether its text is the data's or
-  generated: each micro-batch of an optimizer step weighs 1/g, as in TRL's GKDTrainer (its loss is a
+  its own response tokens, divided by the micro-batches of its step (g, or fewer in an epoch's
+  short last step), whether its text is the data's or generated: each micro-batch of an optimizer
+  step weighs 1/g, and under DDP each rank's step weighs alike, as in TRL's GKDTrainer (its loss is a
   per-micro-batch mean, which the Trainer divides by g). The Trainer's `num_items_in_batch` counts
   the data's response tokens of all g micro-batches before any is replaced, so weighting data
   micro-batches by it and generated ones by 1/g would give a step whose weights do not sum to 1

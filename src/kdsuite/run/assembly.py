@@ -106,13 +106,19 @@ def teacher_settings(cfg: DictConfig) -> dict:
 
 def training_batches(args: TrainingArguments, examples: int, world: int) -> int:
     """The training micro-batches each of `world` processes will make over `examples` training
-    examples, as the Trainer schedules them (to within one optimizer step for fractional epochs):
-    `max_steps` x accumulation, or the epochs times each process's share of the batches."""
-    if args.max_steps > 0:
-        return args.max_steps * args.gradient_accumulation_steps
-    size = args.per_device_train_batch_size
-    batches = examples // size if args.dataloader_drop_last else math.ceil(examples / size)
-    return math.ceil(args.num_train_epochs * math.ceil(batches / world))
+    examples, by the Trainer's own arithmetic (transformers 5): L batches per process and epoch
+    (`train_batch_size`, which counts every GPU of a process; accelerate's shards: ceil, or floor
+    with `dataloader_drop_last`), U = ceil(L / g) optimizer steps per epoch whose last one takes the
+    epoch's remaining L - (U - 1) g micro-batches, and M = `max_steps` or ceil(epochs x U) steps in
+    all. Not modelled: accelerate's `split_batches` and `even_batches=false`."""
+    size, accumulation = args.train_batch_size, args.gradient_accumulation_steps
+    drop_last = args.dataloader_drop_last
+    batches = examples // size if drop_last else math.ceil(examples / size)
+    per_process = batches // world if drop_last else math.ceil(batches / world)
+    steps_per_epoch = max(math.ceil(per_process / accumulation), 1)
+    steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+    epochs, rest = divmod(steps, steps_per_epoch)
+    return epochs * per_process + min(rest * accumulation, per_process)
 
 
 def build_run(cfg: DictConfig) -> Run:
