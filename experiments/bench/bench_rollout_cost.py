@@ -31,6 +31,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from kdsuite import tracking_names as names
+from kdsuite.reports.markdown import write_results
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,8 +94,8 @@ def number(value, digits=2) -> str:
 
 def table(rows: list[dict], args) -> str:
     lines = [
-        f"# Cost of a training step per rollout source ({args.experiment}, {args.steps} steps per row, seed "
-        f"{args.seed})", "",
+        f"Cost of a training step per rollout source ({args.experiment}, {args.steps} steps per row, seed "
+        f"{args.seed}, {' '.join(args.set) or 'no extra overrides'}). "
         "Measured by `experiments/bench/bench_rollout_cost.py` on this machine; seconds per step include the "
         "first step. "
         "Generation columns are the last logging window's (`rollout/*`); `-`: the source generates nothing "
@@ -132,7 +133,8 @@ def main() -> int:
     for name in args.rows:
         print(f"[causal_onpolicy] {time.strftime('%H:%M:%S')} {name}", flush=True)
         rows.append(measure(name, ROWS[name], args, work))
-        Path(args.out).write_text(table(rows, args))  # written after every row: a cut-off run keeps its rows
+        # written after every row, below the file's hand-written reading: a cut-off run keeps its rows
+        write_results(Path(args.out), table(rows, args), command="python " + " ".join(sys.argv))
     print(table(rows, args))
     return 0
 

@@ -12,8 +12,9 @@ samples with lambda 0.5), distillm (skew KL 0.1 with the adaptive schedule and r
 Every loss preset sets its paper's defaults (docs/losses/<family>.md).
 
 CPU grid (`causal_onpolicy`): experiment=causal_real with 400 training pairs and 100 steps of 4
-(one pass), rows kd, seqkd, gkd, distillm and fdd on the student's samples by default, the budget
-measured in results/causal_onpolicy.md. GPU grid (`causal_onpolicy_gpu`): experiment=causal_gpu,
+(one pass), rows kd, seqkd, gkd, distillm and fdd on the student's samples by default: about 95
+minutes of one process per seed at the step costs measured first (results/rollout_cost.md), so the
+3 seeds fit about 2 hours of two processes. GPU grid (`causal_onpolicy_gpu`): experiment=causal_gpu,
 every row. Each has its own record (`<name>_runs.csv`) and table (`<name>.md`), built by
 `kdsuite.reports.causal_grid`, committed seed by seed with --commit.
 """
