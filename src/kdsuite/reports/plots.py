@@ -25,7 +25,9 @@ def draw_bars(axes, results: list[RunResult], tasks: list[str], labels: list[str
     axes.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(tasks))], tasks)
     axes.set_ylabel("dev main metric (x100), mean +- sd over seeds")
     axes.set_title(title)
-    axes.legend()
+    # below the panel, so that it never hides a bar (with nine rows on one task it did)
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=min(len(labels), 3), fontsize="small",
+                frameon=False)
 
 
 def save_bar_charts(results: list[RunResult], students: list[str], labels: list[str], path: Path,
