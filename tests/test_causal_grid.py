@@ -101,3 +101,44 @@ def test_a_grid_on_the_real_parts_stops_before_any_run_without_the_causal_extras
     with pytest.raises(SystemExit) as stop:
         main(real, ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--results", str(tmp_path)])
     assert stop.value.code == 2
+
+
+# Imports first; then each process says it is ready and waits for the go, so all open the store together.
+TABLE_ONLY = """
+import sys, time
+from pathlib import Path
+from kdsuite.reports.causal_grid import CausalGrid, main
+uri, ready, go, results = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+grid = CausalGrid(name="g", preset="causal_smoke", dataset="dolly", student="tiny_causal_s",
+                  variants={"kd": ["loss=kd"]}, real_parts=False)
+ready.touch()
+while not go.exists():
+    time.sleep(0.005)
+main(grid, ["--table-only", "--tracking-uri", uri, "--results", results])
+"""
+
+
+@pytest.mark.e2e
+def test_grids_started_together_on_a_new_store_create_it_once(tmp_path):
+    """Two instances of one grid on one new SQLite store (each its own variants, to use both cores):
+    the store is created under the lock beside its file, as run.py's runs do. Without it, alembic's
+    migration raced ("expected to match one row") and both grids died before their first run."""
+    import subprocess
+    import sys
+    import time
+
+    uri, go = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "go"
+    workers = []
+    for index in range(3):
+        ready, results = tmp_path / f"ready{index}", tmp_path / f"results{index}"
+        results.mkdir()
+        workers.append((ready, subprocess.Popen(
+            [sys.executable, "-c", TABLE_ONLY, uri, str(ready), str(go), str(results)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)))
+    deadline = time.monotonic() + 120
+    while not all(ready.exists() for ready, _ in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    for _, worker in workers:
+        output, _ = worker.communicate(timeout=120)
+        assert worker.returncode == 0, output[-3000:]

@@ -39,6 +39,7 @@ import mlflow
 from kdsuite import tracking_names as names
 from kdsuite.reports.markdown import markdown_table, write_results
 from kdsuite.reports.results_table import RunResult, build_table, cell_stats, finished_runs
+from kdsuite.stores.lock import sqlite_lock
 
 ROOT = Path(__file__).resolve().parents[3]
 TEACHER_ROW = "teacher"
@@ -225,7 +226,9 @@ def main(grid: CausalGrid, argv: list[str] | None = None) -> None:
     parser.add_argument("--commit", action="store_true", help="git-commit the record and table after each seed")
     parser.add_argument("overrides", nargs="*", help="extra run.py overrides for every run")
     args = parser.parse_args(argv)
-    client = mlflow.MlflowClient(args.tracking_uri)
+    with sqlite_lock(args.tracking_uri):  # a new store is created (migrated) by one grid instance at a time
+        client = mlflow.MlflowClient(args.tracking_uri)
+        client.search_experiments(max_results=1)
     record, out = args.results / f"{grid.name}_runs.csv", args.results / f"{grid.name}.md"
     script = Path(sys.argv[0]).resolve()
     command = " ".join(["python", str(script.relative_to(ROOT) if script.is_relative_to(ROOT) else script),
