@@ -18,11 +18,12 @@ calls of the loss (micro-batches: with gradient accumulation g, g per optimizer 
 intermediate stage, the rest the prediction stage. By default (`intermediate_batches: null`) the
 split follows the official README's schedule, 10 intermediate epochs before 3 prediction epochs:
 the first 10/13 of the run's training batches (`LossContext.training_batches`), rounded, leaving
-the prediction stage at least one (a run of fewer than 2 batches is refused). A count
-given explicitly must leave the prediction stage at least one batch: a run that would never reach
-it would never train the classifier on the task, and is refused before any work. The loss counts its training calls in a
-persistent buffer `calls`, which is saved in checkpoints with the student (the loss is one of its
-submodules), so a resumed run continues in the right stage; evaluation calls do not count.
+the prediction stage at least one (a run of fewer than 2 batches is refused). A count given
+explicitly must also leave the prediction stage at least one batch: a run that would never reach
+it would never train the classifier on the task, and is refused before any work. The loss counts
+its training calls in a persistent buffer `calls`, which is saved in checkpoints with the student
+(the loss is one of its submodules), so a resumed run continues in the right stage; evaluation
+calls do not count.
 
 In MLflow every term is logged at every step, whichever stage is on: `attn`, `hidn`, `embd` and
 `pred` (the inactive stage's terms computed without gradient, for monitoring), and `stage`, 0 in
