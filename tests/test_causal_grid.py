@@ -142,3 +142,10 @@ def test_grids_started_together_on_a_new_store_create_it_once(tmp_path):
     for _, worker in workers:
         output, _ = worker.communicate(timeout=120)
         assert worker.returncode == 0, output[-3000:]
+
+
+def test_a_store_in_a_missing_folder_is_refused_before_the_lock_makes_it(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'typo' / 'mlflow.db'}"
+    with pytest.raises(ValueError, match="the folder .*typo does not exist"):
+        main(GRID, ["--table-only", "--tracking-uri", uri, "--results", str(tmp_path)])
+    assert not (tmp_path / "typo").exists()

@@ -39,6 +39,7 @@ import mlflow
 from kdsuite import tracking_names as names
 from kdsuite.reports.markdown import markdown_table, write_results
 from kdsuite.reports.results_table import RunResult, build_table, cell_stats, finished_runs
+from kdsuite.stores.check import check_store
 from kdsuite.stores.lock import sqlite_lock
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -226,6 +227,7 @@ def main(grid: CausalGrid, argv: list[str] | None = None) -> None:
     parser.add_argument("--commit", action="store_true", help="git-commit the record and table after each seed")
     parser.add_argument("overrides", nargs="*", help="extra run.py overrides for every run")
     args = parser.parse_args(argv)
+    check_store(args.tracking_uri)  # first: the lock below would make a mistyped store folder
     with sqlite_lock(args.tracking_uri):  # a new store is created (migrated) by one grid instance at a time
         client = mlflow.MlflowClient(args.tracking_uri)
         client.search_experiments(max_results=1)
