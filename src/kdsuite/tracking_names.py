@@ -20,6 +20,8 @@ SEED = "seed"
 MAIN_METRIC = "main_metric"  # the name of the task's main metric (accuracy, f1, spearman, rougeL)
 ERROR = "error"  # a FAILED or KILLED run's exception or signal
 RESUMED_FROM_STEP = "resumed_from_step"
+SCORED_FROM_CACHE = "scored_from_cache"  # on a teacher run that scored a cached teacher under new settings: its entry
+TEACHER_SCORES_RUN_ID = "teacher_scores_run_id"  # on a student: the teacher run whose scores it logs as teacher/*
 OPTUNA_TRIAL = "optuna_trial"  # set on a sweep trial
 ENVIRONMENT = "environment"  # versions and device
 

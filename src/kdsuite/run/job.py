@@ -14,12 +14,14 @@ and the saved student (`kdsuite.distributed`).
 from __future__ import annotations
 
 import logging
+import tempfile
 from pathlib import Path
 
 from omegaconf import OmegaConf
 from transformers import set_seed
 
 from kdsuite import distributed, models, rollout
+from kdsuite import tracking_names as names
 from kdsuite.config_checks import check_settings
 from kdsuite.data.run_data import check_data, data_digests
 from kdsuite.generation import evaluate_generation
@@ -65,29 +67,41 @@ def prepare_teacher(run: Run) -> teacher_cache.FineTunedTeacher:
     """The fine-tuned teacher from the cache, or fine-tuned now in a `role=teacher` MLflow run.
 
     `teacher.finetune: null` uses the teacher as it comes (an instruction-tuned model): its run only
-    scores it, and the cache keeps it under its own key. A student with its own tokenizer does not
-    change this: the teacher is trained and scored on the data in its own tokenization."""
+    scores it, and the cache keeps it under its own key. A cached teacher not yet scored under the
+    run's scoring settings (`Track.teacher_scoring`) is scored in a `role=teacher` run of its own
+    (tag `scored_from_cache`), so its `teacher/<metric>` is measured as the run's students are. A
+    student with its own tokenizer does not change this: the teacher is trained and scored on the
+    data in its own tokenization."""
     cfg = run.cfg
     entry = run.teacher_entry
     finetune_settings = cfg.teacher.get("finetune")
 
-    def finetune(trainer_dir: Path):
+    def teacher_run(trainer_dir: Path, cached=None):
+        """Fine-tune (or, with `finetune: null`, score) the configured teacher; with `cached` (a
+        model from the cache), score that one without training."""
         seen = teacher_view(run)
-        run_name = f"teacher-{cfg.teacher.name}-{cfg.dataset.name}"
+        run_name = f"teacher-{cfg.teacher.name}-{cfg.dataset.name}" + ("-scored" if cached is not None else "")
         tags = {**tracking.teacher_tags(cfg), "finetuned": str(finetune_settings is not None)}
+        if cached is not None:
+            tags[names.SCORED_FROM_CACHE] = str(entry.path)
         with tracking.tracked_run(run_name, tags) as mlflow_run:
             tracking.log_cache_key(entry.key)
             set_seed(cfg.seed if finetune_settings is None else finetune_settings.get("seed", cfg.seed))
-            model = models.load_pretrained_teacher(cfg.teacher, seen.task)
+            model = cached if cached is not None else models.load_pretrained_teacher(cfg.teacher, seen.task)
             seen.teacher_args.output_dir = str(trainer_dir)
             trainer = build_trainer(seen, model, CELoss(LossContext(seen.task)), None, seen.teacher_args,
                                     [tracking.MlflowMetricsCallback()])
-            metrics = fit(seen, trainer, train_model=finetune_settings is not None)
+            metrics = fit(seen, trainer, train_model=finetune_settings is not None and cached is None)
             tracking.log_final(seen.task.main_metric, metrics)
         log.info("teacher %s on %s: dev %s", cfg.teacher.name, cfg.dataset.name, metrics)
         return model, seen.tokenizer, metrics, mlflow_run.info.run_id
 
-    return teacher_cache.get_or_finetune(entry, models.auto_model_class(run.task), finetune)
+    def score(cached_model):
+        with tempfile.TemporaryDirectory(prefix="kdsuite-teacher-scoring-") as scratch:
+            _, _, metrics, run_id = teacher_run(Path(scratch), cached_model)
+        return metrics, run_id
+
+    return teacher_cache.get_or_finetune(entry, models.auto_model_class(run.task), teacher_run, score)
 
 
 def finetune_teacher_from(config_path: str) -> None:

@@ -239,7 +239,9 @@ class MlflowMetricsCallback(TrainerCallback):
 
 def student_tags(cfg: DictConfig, loss_name: str, layer_pairs, teacher=None) -> dict[str, str]:
     """What a student run is: teacher, student, loss, dataset, seed, layer pairs, the teacher's
-    cache folder and MLflow run, and the user's `tracking.tags`."""
+    cache folder, the MLflow run that made it and the one that measured its `teacher/*` scores
+    (the same run, unless the cached teacher was scored again under this run's settings), and the
+    user's `tracking.tags`."""
     tags = {
         names.ROLE: names.STUDENT,
         names.TEACHER_NAME: cfg.teacher.name,
@@ -252,6 +254,7 @@ def student_tags(cfg: DictConfig, loss_name: str, layer_pairs, teacher=None) -> 
     }
     if teacher is not None:
         tags.update(teacher_path=str(teacher.path), teacher_run_id=str(teacher.run_id))
+        tags[names.TEACHER_SCORES_RUN_ID] = str(teacher.scores_run_id)
     tags.update({key: str(value) for key, value in (cfg.tracking.get("tags") or {}).items()})
     return tags
 

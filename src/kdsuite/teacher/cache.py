@@ -1,6 +1,12 @@
 """Fine-tuned teachers, cached: each (teacher, dataset, teacher-training config) is fine-tuned once,
 saved with its tokenizer under `cache_dir`, and reused by every later run and sweep trial. A file
 lock makes concurrent runs that need the same teacher fine-tune it once.
+
+The teacher's dev scores are kept beside it, per scoring setting: a track's scoring may depend on
+settings that do not change the teacher (the instruction track's `dataset.generation` and
+`max_eval_samples`: `Track.teacher_scoring`). A run whose scoring settings the entry has not seen
+scores the cached teacher again (no training) and adds the scores, so the `teacher/<metric>` a run
+logs is always measured under that run's own scoring.
 """
 
 from __future__ import annotations
@@ -9,7 +15,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from filelock import FileLock
@@ -33,9 +39,10 @@ META_FILE = "kdsuite_teacher.json"
 class FineTunedTeacher:
     model: PreTrainedModel
     path: Path
-    metrics: dict[str, float]  # dev metrics measured right after fine-tuning
+    metrics: dict[str, float]  # dev metrics under the run's scoring settings
     run_id: str | None  # the MLflow run that fine-tuned it
     from_cache: bool
+    scores_run_id: str | None = None  # the MLflow run that measured `metrics` (the fine-tune's, or a later scoring)
 
 
 OUTPUT_SETTINGS = ("outputs", "cache_top_k")  # how students read the teacher, not the teacher itself
@@ -64,18 +71,47 @@ def cache_key(cfg: DictConfig, digests: dict[str, str] | None = None) -> dict:
 
 @dataclass(frozen=True)
 class CacheEntry:
-    """Where one fine-tuned teacher lives, and the key it was made from (stored beside it)."""
+    """Where one fine-tuned teacher lives, the key it was made from (stored beside it), and the
+    run's scoring settings beyond the key (`Track.teacher_scoring`; empty where the key holds them all)."""
 
     key: dict
     path: Path  # <cache_dir>/teachers/<teacher>-<task>-<hash of key>
+    scoring: dict = field(default_factory=dict)
 
 
 def cache_entry(cfg: DictConfig, digests: dict[str, str] | None = None) -> CacheEntry:
     """The entry of the run's teacher under `cfg.cache_dir` (resolved by the config: $KDSUITE_CACHE,
     else ~/.cache/kdsuite). `digests`: the run's `data_digests`, computed here when not given."""
+    task = task_of(cfg.dataset)
+    digests = digests if digests is not None else data_digests(cfg, task)
     key = cache_key(cfg, digests)
     path = Path(cfg.cache_dir).expanduser() / "teachers" / f"{cfg.teacher.name}-{cfg.dataset.name}-{key_hash(key)}"
-    return CacheEntry(key, path)
+    return CacheEntry(key, path, task.track.teacher_scoring(cfg.dataset, digests))
+
+
+def read_record(path: Path) -> dict:
+    return json.loads((path / META_FILE).read_text())
+
+
+def write_record(path: Path, meta: dict) -> None:
+    """The entry's record, replaced whole (a crash leaves the old one)."""
+    staging = path / f"{META_FILE}.partial"
+    staging.write_text(json.dumps(meta, indent=2))
+    staging.replace(path / META_FILE)
+
+
+def recorded_scores(meta: dict, scoring: dict) -> dict | None:
+    """`{"metrics", "run_id"}` measured under `scoring`, or None when the record holds none. With no
+    scoring settings beyond the key, the fine-tune's own scores. An entry cached before scores were
+    kept per setting has no `scores`: its scoring is unknown, so it is scored again once."""
+    if not scoring:
+        return {"metrics": meta["metrics"], "run_id": meta.get("run_id")}
+    return next((scored for scored in meta.get("scores", []) if scored["scoring"] == scoring), None)
+
+
+def needs_scores(entry: CacheEntry) -> bool:
+    """Whether the cached teacher at `entry` has not been scored under the entry's scoring settings."""
+    return recorded_scores(read_record(entry.path), entry.scoring) is None
 
 
 def entry_problem(path: Path) -> str | None:
@@ -84,8 +120,7 @@ def entry_problem(path: Path) -> str | None:
     if not path.exists():
         return "missing"
     try:
-        meta = json.loads((path / META_FILE).read_text())
-        meta["metrics"]
+        read_record(path)["metrics"]
     except (OSError, ValueError, KeyError) as error:
         return f"{META_FILE} unreadable ({type(error).__name__})"
     problems = weights_problems(path)
@@ -110,7 +145,7 @@ def load_cached(path: Path, model_class, repair: bool = True) -> FineTunedTeache
     if problem == "missing":
         return None
     if problem is None:
-        meta = json.loads((path / META_FILE).read_text())
+        meta = read_record(path)
         try:
             model = model_class.from_pretrained(path)
             return FineTunedTeacher(model, path, meta["metrics"], meta.get("run_id"), from_cache=True)
@@ -122,15 +157,18 @@ def load_cached(path: Path, model_class, repair: bool = True) -> FineTunedTeache
     return None
 
 
-def get_or_finetune(entry: CacheEntry, model_class, finetune) -> FineTunedTeacher:
+def get_or_finetune(entry: CacheEntry, model_class, finetune, score=None) -> FineTunedTeacher:
     """The teacher cached at `entry`, or `finetune(output_dir) -> (model, tokenizer, metrics,
-    run_id)` run once under a lock and saved atomically (a crash leaves no half-written cache)."""
+    run_id)` run once under a lock and saved atomically (a crash leaves no half-written cache).
+
+    A cached teacher not yet scored under `entry.scoring` is scored by `score(model) -> (metrics,
+    run_id)` under the same lock, and its scores are added to the entry's record."""
     path = entry.path
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         cached = load_cached(path, model_class, repair=distributed.is_main_process())
         if cached is not None:
-            return cached
+            return with_scores(cached, entry, score)
         staging = path.with_name(path.name + ".partial")
         if staging.exists():  # left by a fine-tune that was killed; this process holds the lock
             log.warning("removing %s, left by an interrupted fine-tune of this teacher", staging)
@@ -139,7 +177,25 @@ def get_or_finetune(entry: CacheEntry, model_class, finetune) -> FineTunedTeache
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         shutil.rmtree(staging / "trainer", ignore_errors=True)
-        meta = {"metrics": metrics, "run_id": run_id, "key": entry.key}
+        meta = {"metrics": metrics, "run_id": run_id, "key": entry.key,
+                "scores": [{"scoring": entry.scoring, "metrics": metrics, "run_id": run_id}]}
         (staging / META_FILE).write_text(json.dumps(meta, indent=2))
         staging.rename(path)
-    return FineTunedTeacher(model, path, metrics, run_id, from_cache=False)
+    return FineTunedTeacher(model, path, metrics, run_id, from_cache=False, scores_run_id=run_id)
+
+
+def with_scores(cached: FineTunedTeacher, entry: CacheEntry, score) -> FineTunedTeacher:
+    """`cached` with its scores under `entry.scoring`: from the record, else measured now by
+    `score` and recorded (the caller holds the entry's lock)."""
+    meta = read_record(entry.path)
+    found = recorded_scores(meta, entry.scoring)
+    if found is None:
+        if score is None or not distributed.is_main_process():
+            raise RuntimeError(f"cached teacher {entry.path} has no scores under this run's scoring settings "
+                               f"{entry.scoring} and this process may not score it")
+        log.info("cached teacher %s: not scored under these settings yet; scoring it (no training)", entry.path)
+        metrics, run_id = score(cached.model)
+        found = {"scoring": entry.scoring, "metrics": metrics, "run_id": run_id}
+        meta.setdefault("scores", []).append(found)
+        write_record(entry.path, meta)
+    return replace(cached, metrics=found["metrics"], scores_run_id=found.get("run_id"))

@@ -5,7 +5,8 @@ A missing teacher is fine-tuned by a child of the main process started without t
 variables (it calls `kdsuite.run.job.finetune_teacher_from(<config.yaml>)`), so its recipe is exactly the
 single-process one: same batch size, same steps, same cache entry as a `python run.py` run would
 make, and one `role=teacher` MLflow run. (In the run's own processes the Trainer would wrap it in
-DDP and multiply its batch by the number of processes.) The other ranks wait at a barrier
+DDP and multiply its batch by the number of processes.) A cached teacher not yet scored under the
+run's scoring settings is scored by such a child too. The other ranks wait at a barrier
 meanwhile, then everyone loads the cached teacher.
 """
 
@@ -18,7 +19,7 @@ from typing import Callable
 from omegaconf import OmegaConf, open_dict
 
 from kdsuite import distributed
-from kdsuite.teacher.cache import FineTunedTeacher, entry_problem, move_aside
+from kdsuite.teacher.cache import FineTunedTeacher, entry_problem, move_aside, needs_scores
 
 # What the child runs: the run's own job module fetches the teacher (named as text, so that this
 # package does not import the run that imports it).
@@ -36,6 +37,8 @@ def teacher_for_every_process(run, prepare_teacher: Callable[[object], FineTuned
         if problem is not None:  # missing or damaged: rebuilt by one process, never by the DDP group
             if problem != "missing":
                 move_aside(entry.path, problem)
+            finetune_in_child_process(run)
+        elif distributed.is_main_process() and needs_scores(entry):  # new scoring settings: scored the same way
             finetune_in_child_process(run)
         return prepare_teacher(run)
 

@@ -93,5 +93,10 @@ class Track(ABC):
         """The dataset's part of a fine-tuned teacher's cache key (`kdsuite.teacher.cache`)."""
 
     @abstractmethod
+    def teacher_scoring(self, dataset: DictConfig, digests: dict[str, str]) -> dict:
+        """The settings and rows the teacher's dev scores depend on that its cache key leaves out
+        (empty when the key holds them all): a cached teacher is scored again under new ones."""
+
+    @abstractmethod
     def data_source(self, settings: DictConfig, task, part: str):
         """The MLflow dataset source a split was read from."""

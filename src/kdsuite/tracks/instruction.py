@@ -15,10 +15,13 @@ from pathlib import Path
 from kdsuite.tracks.base import Track
 from kdsuite.tracks.specs import InstructionTask
 
-# dataset settings that do not change a fine-tuned teacher: how students are scored, the eval
-# subset (the teacher is scored on the whole split), the file (its rows' digest stands for it) and
-# the track (it follows from the task; leaving it out keeps the keys of teachers cached before it)
+# dataset settings that do not change a fine-tuned teacher: how it and the students are scored
+# (`InstructionTrack.teacher_scoring` holds them: a cached teacher is scored again under new ones),
+# the file (its rows' digest stands for it) and the track (it follows from the task; leaving it
+# out keeps the keys of teachers cached before it)
 NOT_IN_TEACHER_KEY = ("generation", "max_eval_samples", "path", "track")
+# generation settings that change no score: how many samples are saved to MLflow
+NOT_IN_SCORING = ("log_examples",)
 
 
 class InstructionTrack(Track):
@@ -118,6 +121,17 @@ class InstructionTrack(Track):
             described.pop(key, None)
         described["rows_sha256"] = {"train": digests["train"], "validation": digests["validation_all"]}
         return described
+
+    def teacher_scoring(self, dataset, digests: dict[str, str]) -> dict:
+        """The validation rows of the validation loss (after `max_eval_samples`), the prompts and
+        references scored by ROUGE-L, and the sampling settings (`dataset.generation`)."""
+        from omegaconf import OmegaConf
+
+        generation = OmegaConf.to_container(dataset.generation, resolve=True)
+        for key in NOT_IN_SCORING:
+            generation.pop(key, None)
+        return {"validation_rows": digests["validation"], "generation_rows": digests["generation"],
+                "generation": generation}
 
     def data_source(self, settings, task, part: str):
         """The JSON(L) file, else the task's hub dataset, else the dataset's name."""
