@@ -1,0 +1,106 @@
+"""`relation_kl`: the KL between a teacher's and a student's softmax relations, as MiniLM reads
+them (v1's attention distributions and value relation, v2's Q-Q, K-K and V-V relations), computed
+one example at a time on its real tokens, with the student's gradient written out.
+
+    R_h = softmax(Left_h Right_h^T / sqrt(d_h)) over the keys     (H, n, n) per example, n real tokens
+    relation_kl = 1/B sum_b 1/(H n_b) sum_h sum_{i <= n_b} KL(R^T_{h,i} || R^S_{h,i})
+
+This is `attention.row_kl` of `attention.masked_log_softmax` relations (the composed reference, which
+the tests compare it with), restated for speed. The composed form makes about a dozen passes over
+(B, H, L, L) tensors and keeps several of them for the backward: at MiniLM -> bert2l (24 relation
+heads, batch 32, length 128), 50 MB each, the memory traffic that made the minilm step the
+slowest of the encoder baselines (experiments/results/bench.md). Here:
+- each example's (H, n, n) block is small enough to stay in cache for the few passes it needs,
+  and padding costs nothing (its rows and keys are never formed, rather than masked);
+- the backward keeps only the projections and recomputes the scores (a matmul over d_h = d / H,
+  cheap), using d KL(p_T || softmax(s)) / d s = softmax(s) - p_T per row.
+
+The teacher's projections get no gradient (they come from its no-grad forward, or from the store).
+The arithmetic is in fp32 (fp64 inputs stay fp64), with autocast off, as in the composed form.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def relation_kl(teacher: tuple[torch.Tensor, torch.Tensor], student: tuple[torch.Tensor, torch.Tensor],
+                heads: int, mask: torch.Tensor) -> torch.Tensor:
+    """KL(teacher relation || student relation) per (head, real query) row over the real keys, mean
+    over heads and real queries per example, then over examples.
+
+    `teacher` and `student` are (left, right) pairs of (B, L, d) projections, each model its own d
+    (divisible by `heads`): (Q, K) for attention distributions, (X, X) for the relation of X.
+    `mask` (B, L) marks the real tokens; an example without any adds 0."""
+    for role, (left, right) in (("teacher", teacher), ("student", student)):
+        if left.shape != right.shape or left.shape[-1] % heads:
+            raise ValueError(f"{role} projections {tuple(left.shape)} and {tuple(right.shape)}: both (B, L, d) "
+                             f"with d divisible by {heads} heads")
+    return _RelationKL.apply(*teacher, *student, heads, mask)
+
+
+def _working_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(x.dtype, torch.float32)
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(n, d) -> (H, n, d / H), in the working precision."""
+    return x.to(_working_dtype(x)).view(x.shape[0], heads, -1).transpose(0, 1)
+
+
+def _scores(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """(H, n, d_h) x2 -> (H, n, n) scaled dot products."""
+    return left @ right.transpose(-1, -2) / math.sqrt(left.shape[-1])
+
+
+class _RelationKL(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t_left, t_right, s_left, s_right, heads: int, mask):
+        real = mask.bool()
+        batch = real.shape[0]
+        total = torch.zeros((), dtype=_working_dtype(s_left), device=s_left.device)
+        with torch.autocast(s_left.device.type, enabled=False):
+            for b in range(batch):
+                tokens = real[b]
+                n = int(tokens.sum())
+                if n == 0:
+                    continue
+                teacher_log = torch.log_softmax(_scores(_heads(t_left[b, tokens], heads),
+                                                        _heads(t_right[b, tokens], heads)), dim=-1)
+                student_log = torch.log_softmax(_scores(_heads(s_left[b, tokens], heads),
+                                                        _heads(s_right[b, tokens], heads)), dim=-1)
+                total += (teacher_log.exp() * (teacher_log - student_log)).sum() / (heads * n)
+        ctx.save_for_backward(t_left, t_right, s_left, s_right, real)
+        ctx.heads = heads
+        return total / batch
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        t_left, t_right, s_left, s_right, real = ctx.saved_tensors
+        heads, batch = ctx.heads, real.shape[0]
+        need_left, need_right = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+        dtype = _working_dtype(s_left)
+        grad_left = torch.zeros(s_left.shape, dtype=dtype, device=s_left.device) if need_left else None
+        grad_right = torch.zeros(s_right.shape, dtype=dtype, device=s_right.device) if need_right else None
+        with torch.autocast(s_left.device.type, enabled=False):
+            for b in range(batch):
+                tokens = real[b]
+                n = int(tokens.sum())
+                if n == 0:
+                    continue
+                left, right = _heads(s_left[b, tokens], heads), _heads(s_right[b, tokens], heads)
+                teacher = torch.softmax(_scores(_heads(t_left[b, tokens], heads), _heads(t_right[b, tokens], heads)),
+                                        dim=-1)
+                student = torch.softmax(_scores(left, right), dim=-1)
+                scale = grad_output.to(dtype) / (batch * heads * n * math.sqrt(left.shape[-1]))
+                grad_scores = (student - teacher) * scale  # d loss / d (left @ right^T), (H, n, n)
+                if need_left:
+                    grad_left[b, tokens] = (grad_scores @ right).transpose(0, 1).reshape(n, -1)
+                if need_right:
+                    grad_right[b, tokens] = (grad_scores.transpose(-1, -2) @ left).transpose(0, 1).reshape(n, -1)
+        return (None, None,
+                None if grad_left is None else grad_left.to(s_left.dtype),
+                None if grad_right is None else grad_right.to(s_right.dtype),
+                None, None)
