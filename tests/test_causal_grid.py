@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import math
 
+import mlflow
 import pytest
 from conftest import write_dolly
 
-from kdsuite.reports.causal_grid import FIELDS, CausalGrid, main, read_record, tables, update_record
+from kdsuite.reports.causal_grid import (
+    FIELDS,
+    CausalGrid,
+    main,
+    read_record,
+    scored_teacher,
+    tables,
+    update_record,
+)
 
 
 def row(variant, seed, rouge, loss=3.0, generation=math.nan):
@@ -149,3 +158,22 @@ def test_a_store_in_a_missing_folder_is_refused_before_the_lock_makes_it(tmp_pat
     with pytest.raises(ValueError, match="the folder .*typo does not exist"):
         main(GRID, ["--table-only", "--tracking-uri", uri, "--results", str(tmp_path)])
     assert not (tmp_path / "typo").exists()
+
+
+def test_the_teacher_row_is_the_run_whose_scores_the_students_logged(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("grid")
+
+    def finished(tags):
+        run = client.create_run(experiment, tags=tags)
+        client.set_terminated(run.info.run_id)
+        return client.get_run(run.info.run_id)
+
+    scored = finished({"role": "teacher"})
+    newer = finished({"role": "teacher"})  # another scoring of the teacher, which these students did not log
+    old = finished({"role": "student"})  # a student from before the tag
+    named = [finished({"role": "student", "teacher_scores_run_id": scored.info.run_id}) for _ in range(2)]
+    assert scored_teacher(client, "grid", [old, *named]).info.run_id == scored.info.run_id
+    assert scored_teacher(client, "grid", [old]) is None  # two teacher runs and nothing names one
+    client.delete_run(newer.info.run_id)
+    assert scored_teacher(client, "grid", [old]).info.run_id == scored.info.run_id  # the only one

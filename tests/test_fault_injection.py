@@ -17,8 +17,10 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 from conftest import REPO, TINY_RUN
 from omegaconf import OmegaConf, open_dict
+from safetensors.torch import save_file
 from sweep_runs import children_of, mlflow_runs, sweep, sweep_env, sweep_parents
 
 from kdsuite.config_checks import MIN_SEQ_LENGTH
@@ -360,6 +362,11 @@ def test_sigterm_during_teacher_finetune_leaves_partial_that_the_next_build_remo
     class Finetuned:  # the next build: what it is handed is checked, not trained (the cache's own code runs)
         def save_pretrained(self, folder):
             (Path(folder) / "config.json").write_text("{}")
+            save_file({"weight": torch.zeros(1)}, str(Path(folder) / "model.safetensors"))
+
+        @classmethod
+        def from_pretrained(cls, folder):  # the cache returns the teacher loaded back from the entry
+            return cls()
 
     seen = {}
 
@@ -371,6 +378,7 @@ def test_sigterm_during_teacher_finetune_leaves_partial_that_the_next_build_remo
     from kdsuite.teacher.cache import CacheEntry
 
     with caplog.at_level(logging.WARNING, logger="kdsuite.teacher.cache"):
-        get_or_finetune(CacheEntry({"key": 1}, entry_path), object, finetune)
+        teacher = get_or_finetune(CacheEntry({"key": 1}, entry_path), Finetuned, finetune)
     assert seen["partial_was_removed"] and f"removing {partial}" in caplog.text
     assert entry_path.is_dir() and not partial.exists()
+    assert isinstance(teacher.model, Finetuned) and teacher.metrics == {"accuracy": 0.5} and not teacher.from_cache

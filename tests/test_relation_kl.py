@@ -55,20 +55,24 @@ def test_float64_gradcheck_and_zero_for_equal_relations():
     student = projections(6, 5, grad=True, dtype=torch.float64)
     assert torch.autograd.gradcheck(lambda left, right: relation_kl((teacher, teacher), (left, right), HEADS, mask),
                                     tuple(student))
+    assert torch.autograd.gradcheck(lambda x: relation_kl((teacher, teacher), (x, x), HEADS, mask), (student[0],))
     same = relation_kl((teacher, teacher), (teacher.clone().requires_grad_(), teacher), HEADS, mask)
     assert same.item() == pytest.approx(0.0, abs=1e-12)
 
 
-def test_bf16_projections_get_bf16_gradients_computed_in_fp32():
+def test_bf16_projections_are_computed_in_fp32_and_get_bf16_gradients():
     mask = padded_mask()
     teacher = [x.bfloat16() for x in projections(24, 6)]
-    student = [x.detach().bfloat16().requires_grad_() for x in projections(12, 7)]
+    student = [x.bfloat16().requires_grad_() for x in projections(12, 7)]
+    as_fp32 = [x.detach().float().requires_grad_() for x in student]  # the same values, in fp32
+    composed = row_kl(attention_log_probs(*teacher, HEADS, mask), attention_log_probs(*as_fp32, HEADS, mask), mask)
+    composed.backward()
     fused = relation_kl(tuple(teacher), tuple(student), HEADS, mask)
-    reference = relation_kl(tuple(x.float() for x in teacher), tuple(x.detach().float().requires_grad_()
-                                                                       for x in student), HEADS, mask)
-    assert fused.dtype == torch.float32 and fused.item() == pytest.approx(reference.item(), rel=1e-6)
     fused.backward()
-    assert student[0].grad.dtype == torch.bfloat16
+    assert fused.dtype == torch.float32 and fused.item() == pytest.approx(composed.item(), rel=1e-6)
+    for mine, reference in zip(student, as_fp32):
+        assert mine.grad.dtype == torch.bfloat16
+        torch.testing.assert_close(mine.grad, reference.grad.bfloat16())
 
 
 def test_widths_the_heads_do_not_divide_are_refused():

@@ -59,6 +59,7 @@ def test_each_rank_generates_for_its_own_shard_and_saves_its_state(tmp_path):
     assert "scored_from_cache" in scored.data.tags and scored.info.status == "FINISHED"
     assert "final/rougeL_seed1" in finetuned.data.metrics and "final/rougeL_seed1" not in scored.data.metrics
     assert run.data.tags["teacher_scores_run_id"] == scored.info.run_id
+    assert (tmp_path / "run" / "teacher_job.yaml").is_file()  # scored by a single-process child, not by a rank
     assert run.data.metrics["teacher/loss"] == scored.data.metrics["final/loss"]
     assert [p.step for p in client.get_metric_history(run.info.run_id, "rollout/seconds_per_step")] == [1, 2, 3]
     assert "rollout/validation_loss" in run.data.metrics

@@ -7,12 +7,11 @@ import json
 
 import mlflow
 import pytest
+from conftest import TINY_RUN
 
 from kdsuite import tracking_names as names
 from kdsuite.run import train
 from kdsuite.teacher.cache import META_FILE, cache_entry, recorded_scores
-
-pytestmark = pytest.mark.e2e  # trains real runs
 
 FAST = [
     "experiment=causal_smoke",
@@ -36,6 +35,7 @@ def teacher_metrics(student):
             if key.startswith("teacher/")}
 
 
+@pytest.mark.e2e
 @pytest.mark.slow(seconds=30)
 def test_a_cached_teacher_is_scored_again_under_new_scoring_settings(make_config, dolly_jsonl_with_context):
     data = f"dataset.path={dolly_jsonl_with_context}"
@@ -49,6 +49,7 @@ def test_a_cached_teacher_is_scored_again_under_new_scoring_settings(make_config
     finetuned, scored = runs(first, names.TEACHER)  # fine-tuned once, scored once more; no third run
     assert names.SCORED_FROM_CACHE not in finetuned.data.tags
     assert scored.data.tags[names.SCORED_FROM_CACHE] == str(cache_entry(first).path)
+    assert "train_summary/runtime" in finetuned.data.metrics
     assert "train_summary/runtime" not in scored.data.metrics  # scored only, never trained
     students = runs(first, names.STUDENT)
     assert [s.data.tags[names.TEACHER_SCORES_RUN_ID] for s in students] == [
@@ -68,6 +69,7 @@ def test_a_cached_teacher_is_scored_again_under_new_scoring_settings(make_config
     assert meta["scores"][1]["scoring"]["generation"]["n_seeds"] == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.slow(seconds=15)
 def test_a_teacher_cached_before_scores_were_kept_is_scored_once(make_config, dolly_jsonl_with_context):
     cfg = make_config(*FAST, f"dataset.path={dolly_jsonl_with_context}")
@@ -77,7 +79,9 @@ def test_a_teacher_cached_before_scores_were_kept_is_scored_once(make_config, do
     del meta["scores"]  # as the cache wrote records before: the scoring of `metrics` is unknown
     record.write_text(json.dumps(meta))
     train(make_config(*FAST, f"dataset.path={dolly_jsonl_with_context}", "seed=43"))
-    assert [bool(run.data.tags.get(names.SCORED_FROM_CACHE)) for run in runs(cfg, names.TEACHER)] == [False, True]
+    teachers = runs(cfg, names.TEACHER)
+    assert [bool(run.data.tags.get(names.SCORED_FROM_CACHE)) for run in teachers] == [False, True]
+    assert runs(cfg, names.STUDENT)[-1].data.tags[names.TEACHER_SCORES_RUN_ID] == teachers[1].info.run_id
     assert len(json.loads(record.read_text())["scores"]) == 1
 
 
@@ -88,3 +92,11 @@ def test_scores_are_found_by_their_scoring_settings():
     assert recorded_scores(meta, {"generation": {"n_seeds": 2}})["run_id"] == "b"
     assert recorded_scores(meta, {"generation": {"n_seeds": 1}}) is None
     assert recorded_scores({"metrics": {"rougeL": 0.3}}, {"generation": {"n_seeds": 1}}) is None  # an old record
+
+
+def test_a_glue_teacher_is_scored_by_its_key_alone_unless_used_as_it_comes(make_config):
+    """GLUE's key holds the dev rows, so a fine-tuned teacher's scores need nothing beyond it; a
+    teacher used as it comes is scored with the student's eval batch size and precision."""
+    assert cache_entry(make_config(*TINY_RUN)).scoring == {}
+    scoring = cache_entry(make_config(*TINY_RUN, "teacher.finetune=null", "trainer.per_device_eval_batch_size=7"))
+    assert scoring.scoring == {"scored_with": {"per_device_eval_batch_size": 7, "bf16": False, "device": "cpu"}}

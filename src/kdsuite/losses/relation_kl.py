@@ -55,47 +55,63 @@ def _scores(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return left @ right.transpose(-1, -2) / math.sqrt(left.shape[-1])
 
 
+def _real_rows(x: torch.Tensor, b: int, tokens: torch.Tensor, heads: int) -> torch.Tensor:
+    return _heads(x[b, tokens], heads)
+
+
 class _RelationKL(torch.autograd.Function):
+    """Forward and backward one example at a time. A relation (left is right, `X X^T`) gathers
+    its rows once and gets one gradient, (G + G^T) X."""
+
     @staticmethod
     def forward(ctx, t_left, t_right, s_left, s_right, heads: int, mask):
         real = mask.bool()
-        batch = real.shape[0]
+        lengths = real.sum(dim=1).tolist()
         total = torch.zeros((), dtype=_working_dtype(s_left), device=s_left.device)
         with torch.autocast(s_left.device.type, enabled=False):
-            for b in range(batch):
-                tokens = real[b]
-                n = int(tokens.sum())
+            for b, n in enumerate(lengths):
                 if n == 0:
                     continue
-                teacher_log = torch.log_softmax(_scores(_heads(t_left[b, tokens], heads),
-                                                        _heads(t_right[b, tokens], heads)), dim=-1)
-                student_log = torch.log_softmax(_scores(_heads(s_left[b, tokens], heads),
-                                                        _heads(s_right[b, tokens], heads)), dim=-1)
+                tokens = real[b]
+                teacher_left = _real_rows(t_left, b, tokens, heads)
+                teacher_right = teacher_left if t_right is t_left else _real_rows(t_right, b, tokens, heads)
+                student_left = _real_rows(s_left, b, tokens, heads)
+                student_right = student_left if s_right is s_left else _real_rows(s_right, b, tokens, heads)
+                teacher_log = torch.log_softmax(_scores(teacher_left, teacher_right), dim=-1)
+                student_log = torch.log_softmax(_scores(student_left, student_right), dim=-1)
                 total += (teacher_log.exp() * (teacher_log - student_log)).sum() / (heads * n)
         ctx.save_for_backward(t_left, t_right, s_left, s_right, real)
-        ctx.heads = heads
-        return total / batch
+        ctx.heads, ctx.lengths = heads, lengths
+        ctx.teacher_symmetric, ctx.symmetric = t_right is t_left, s_right is s_left
+        return total / len(lengths)
 
     @staticmethod
     def backward(ctx, grad_output):
         t_left, t_right, s_left, s_right, real = ctx.saved_tensors
-        heads, batch = ctx.heads, real.shape[0]
-        need_left, need_right = ctx.needs_input_grad[2], ctx.needs_input_grad[3]
+        heads, lengths, symmetric = ctx.heads, ctx.lengths, ctx.symmetric
+        need_left = ctx.needs_input_grad[2]
+        need_right = ctx.needs_input_grad[3] and not symmetric  # a relation's one gradient goes to `left`
         dtype = _working_dtype(s_left)
         grad_left = torch.zeros(s_left.shape, dtype=dtype, device=s_left.device) if need_left else None
         grad_right = torch.zeros(s_right.shape, dtype=dtype, device=s_right.device) if need_right else None
         with torch.autocast(s_left.device.type, enabled=False):
-            for b in range(batch):
-                tokens = real[b]
-                n = int(tokens.sum())
+            for b, n in enumerate(lengths):
                 if n == 0:
                     continue
-                left, right = _heads(s_left[b, tokens], heads), _heads(s_right[b, tokens], heads)
-                teacher = torch.softmax(_scores(_heads(t_left[b, tokens], heads), _heads(t_right[b, tokens], heads)),
-                                        dim=-1)
+                tokens = real[b]
+                teacher_left = _real_rows(t_left, b, tokens, heads)
+                teacher_right = teacher_left if ctx.teacher_symmetric else _real_rows(t_right, b, tokens, heads)
+                left = _real_rows(s_left, b, tokens, heads)
+                right = left if symmetric else _real_rows(s_right, b, tokens, heads)
+                teacher = torch.softmax(_scores(teacher_left, teacher_right), dim=-1)
                 student = torch.softmax(_scores(left, right), dim=-1)
-                scale = grad_output.to(dtype) / (batch * heads * n * math.sqrt(left.shape[-1]))
+                scale = grad_output.to(dtype) / (len(lengths) * heads * n * math.sqrt(left.shape[-1]))
                 grad_scores = (student - teacher) * scale  # d loss / d (left @ right^T), (H, n, n)
+                if symmetric:  # d/dX of X X^T: (G + G^T) X
+                    if need_left:
+                        grad_left[b, tokens] = ((grad_scores + grad_scores.transpose(-1, -2)) @ left
+                                                ).transpose(0, 1).reshape(n, -1)
+                    continue
                 if need_left:
                     grad_left[b, tokens] = (grad_scores @ right).transpose(0, 1).reshape(n, -1)
                 if need_right:

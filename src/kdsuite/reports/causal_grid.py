@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,13 +117,25 @@ def record_row(run, variant: str, client=None, extra_metrics: list[str] = ()) ->
 def store_rows(client, grid: CausalGrid, experiment: str) -> list[dict]:
     """Record rows of every finished student run of this grid's student in `experiment`, and of its teacher."""
     students = {grid.student, *grid.other_students}
+    runs = [run for run in finished_runs(client, experiment) if run.data.tags.get(names.STUDENT_NAME) in students]
     rows = [record_row(run, run.data.tags.get(names.VARIANT) or run.data.tags[names.LOSS], client, grid.extra_metrics)
-            for run in finished_runs(client, experiment)
-            if run.data.tags.get(names.STUDENT_NAME) in students]
+            for run in runs]
+    teacher = scored_teacher(client, experiment, runs)
+    return rows + ([] if teacher is None else [record_row(teacher, TEACHER_ROW, client, grid.extra_metrics)])
+
+
+def scored_teacher(client, experiment: str, students: list):
+    """The teacher run whose scores the students logged (their `teacher_scores_run_id`; the one most
+    of them name), or, for students from before that tag, the experiment's one finished teacher run
+    if it has exactly one; else None (no teacher row rather than a teacher scored otherwise)."""
+    named = Counter(run.data.tags[names.TEACHER_SCORES_RUN_ID] for run in students
+                    if run.data.tags.get(names.TEACHER_SCORES_RUN_ID, "None") != "None")
+    if named:
+        return client.get_run(named.most_common(1)[0][0])
     found = client.get_experiment_by_name(experiment)
     teachers = [] if found is None else client.search_runs(
         [found.experiment_id], f"tags.{names.ROLE} = '{names.TEACHER}' and attributes.status = 'FINISHED'")
-    return rows + [record_row(run, TEACHER_ROW, client, grid.extra_metrics) for run in teachers[:1]]
+    return teachers[0] if len(teachers) == 1 else None
 
 
 def read_record(path: Path, extra_metrics: list[str] = ()) -> list[dict]:

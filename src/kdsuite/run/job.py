@@ -101,7 +101,9 @@ def prepare_teacher(run: Run) -> teacher_cache.FineTunedTeacher:
             _, _, metrics, run_id = teacher_run(Path(scratch), cached_model)
         return metrics, run_id
 
-    return teacher_cache.get_or_finetune(entry, models.auto_model_class(run.task), teacher_run, score)
+    # under DDP a single-process child scores (kdsuite.teacher.shared): a rank must never evaluate alone
+    scorer = score if distributed.world_size() == 1 else None
+    return teacher_cache.get_or_finetune(entry, models.auto_model_class(run.task), teacher_run, scorer)
 
 
 def finetune_teacher_from(config_path: str) -> None:

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 from safetensors import SafetensorError
@@ -27,6 +29,7 @@ from kdsuite import distributed
 from kdsuite.data.run_data import data_digests
 from kdsuite.identity import key_hash
 from kdsuite.tracks import task_of
+from kdsuite.trainer import resolve_bf16
 from kdsuite.weights_files import weights_problems
 
 log = logging.getLogger(__name__)
@@ -86,7 +89,19 @@ def cache_entry(cfg: DictConfig, digests: dict[str, str] | None = None) -> Cache
     digests = digests if digests is not None else data_digests(cfg, task)
     key = cache_key(cfg, digests)
     path = Path(cfg.cache_dir).expanduser() / "teachers" / f"{cfg.teacher.name}-{cfg.dataset.name}-{key_hash(key)}"
-    return CacheEntry(key, path, task.track.teacher_scoring(cfg.dataset, digests))
+    scoring = task.track.teacher_scoring(cfg.dataset, digests)
+    if cfg.teacher.get("finetune") is None:
+        scoring["scored_with"] = scoring_arguments(cfg)
+    return CacheEntry(key, path, scoring)
+
+
+def scoring_arguments(cfg: DictConfig) -> dict:
+    """How a teacher used as it comes (`teacher.finetune: null`) is scored, which its key leaves out:
+    with the student's eval batch size (the Trainer's validation loss weighs each batch's token
+    mean by its examples) and precision, on this device (sampling draws differ between devices)."""
+    return {"per_device_eval_batch_size": cfg.trainer.per_device_eval_batch_size,
+            "bf16": resolve_bf16(cfg.trainer.get("bf16", "auto")),
+            "device": "cuda" if torch.cuda.is_available() and not cfg.trainer.get("use_cpu") else "cpu"}
 
 
 def read_record(path: Path) -> dict:
@@ -94,9 +109,12 @@ def read_record(path: Path) -> dict:
 
 
 def write_record(path: Path, meta: dict) -> None:
-    """The entry's record, replaced whole (a crash leaves the old one)."""
+    """The entry's record, replaced whole, flushed to disk first (a crash leaves the old one or the new)."""
     staging = path / f"{META_FILE}.partial"
-    staging.write_text(json.dumps(meta, indent=2))
+    with open(staging, "w") as handle:
+        handle.write(json.dumps(meta, indent=2))
+        handle.flush()
+        os.fsync(handle.fileno())
     staging.replace(path / META_FILE)
 
 
@@ -162,40 +180,56 @@ def get_or_finetune(entry: CacheEntry, model_class, finetune, score=None) -> Fin
     run_id)` run once under a lock and saved atomically (a crash leaves no half-written cache).
 
     A cached teacher not yet scored under `entry.scoring` is scored by `score(model) -> (metrics,
-    run_id)` under the same lock, and its scores are added to the entry's record."""
+    run_id)` (`score_once`), and its scores are added to the entry's record; `score=None` (a
+    process that must not score: one rank of a DDP run) raises instead.
+
+    The model returned is always the one loaded from the cache, never the object a fine-tune or a
+    scoring trained or evaluated: the Trainer changes that object in place (a loss attached as a
+    submodule, under bf16 a forward wrapped in autocast), and the run that made the entry would
+    otherwise distil from another teacher than every later run does."""
     path = entry.path
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         cached = load_cached(path, model_class, repair=distributed.is_main_process())
-        if cached is not None:
-            return with_scores(cached, entry, score)
-        staging = path.with_name(path.name + ".partial")
-        if staging.exists():  # left by a fine-tune that was killed; this process holds the lock
-            log.warning("removing %s, left by an interrupted fine-tune of this teacher", staging)
-            shutil.rmtree(staging)
-        model, tokenizer, metrics, run_id = finetune(staging / "trainer")
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        shutil.rmtree(staging / "trainer", ignore_errors=True)
-        meta = {"metrics": metrics, "run_id": run_id, "key": entry.key,
-                "scores": [{"scoring": entry.scoring, "metrics": metrics, "run_id": run_id}]}
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2))
-        staging.rename(path)
-    return FineTunedTeacher(model, path, metrics, run_id, from_cache=False, scores_run_id=run_id)
+        if cached is None:
+            staging = path.with_name(path.name + ".partial")
+            if staging.exists():  # left by a fine-tune that was killed; this process holds the lock
+                log.warning("removing %s, left by an interrupted fine-tune of this teacher", staging)
+                shutil.rmtree(staging)
+            model, tokenizer, metrics, run_id = finetune(staging / "trainer")
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            shutil.rmtree(staging / "trainer", ignore_errors=True)
+            meta = {"metrics": metrics, "run_id": run_id, "key": entry.key,
+                    "scores": [{"scoring": entry.scoring, "metrics": metrics, "run_id": run_id}]}
+            (staging / META_FILE).write_text(json.dumps(meta, indent=2))
+            staging.rename(path)
+            del model
+            reloaded = load_cached(path, model_class, repair=False)
+            return replace(reloaded, metrics=metrics, from_cache=False, scores_run_id=run_id)
+        found = recorded_scores(read_record(path), entry.scoring)
+    if found is None:  # scored outside the entry's lock: runs with recorded scores need not wait
+        found = score_once(entry, cached, score)
+        cached = load_cached(path, model_class, repair=False)  # not the object the scoring evaluated
+    return replace(cached, metrics=found["metrics"], scores_run_id=found.get("run_id"))
 
 
-def with_scores(cached: FineTunedTeacher, entry: CacheEntry, score) -> FineTunedTeacher:
-    """`cached` with its scores under `entry.scoring`: from the record, else measured now by
-    `score` and recorded (the caller holds the entry's lock)."""
-    meta = read_record(entry.path)
-    found = recorded_scores(meta, entry.scoring)
-    if found is None:
+def score_once(entry: CacheEntry, cached: FineTunedTeacher, score) -> dict:
+    """The scores of `cached` under `entry.scoring`, measured by `score` once across processes (a
+    lock per scoring setting; a process that finds them recorded after waiting reads them), and
+    added to the entry's record under the entry's lock."""
+    with FileLock(f"{entry.path}.scoring-{key_hash(entry.scoring)}.lock"):
+        found = recorded_scores(read_record(entry.path), entry.scoring)
+        if found is not None:
+            return found
         if score is None or not distributed.is_main_process():
             raise RuntimeError(f"cached teacher {entry.path} has no scores under this run's scoring settings "
                                f"{entry.scoring} and this process may not score it")
         log.info("cached teacher %s: not scored under these settings yet; scoring it (no training)", entry.path)
         metrics, run_id = score(cached.model)
         found = {"scoring": entry.scoring, "metrics": metrics, "run_id": run_id}
-        meta.setdefault("scores", []).append(found)
-        write_record(entry.path, meta)
-    return replace(cached, metrics=found["metrics"], scores_run_id=found.get("run_id"))
+        with FileLock(str(entry.path) + ".lock"):
+            meta = read_record(entry.path)
+            meta.setdefault("scores", []).append(found)
+            write_record(entry.path, meta)
+    return found
