@@ -17,6 +17,10 @@ slowest of the encoder baselines (experiments/results/bench.md). Here:
 
 The teacher's projections get no gradient (they come from its no-grad forward, or from the store).
 The arithmetic is in fp32 (fp64 inputs stay fp64), with autocast off, as in the composed form.
+
+On a GPU the composed form is used: there a loop over examples costs kernel launches and a host
+synchronisation per boolean index, the composed form's large batched kernels suit the device, and
+no GPU has measured either yet. Both give the same numbers (tests/test_relation_kl.py).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from kdsuite.losses.attention import masked_log_softmax, row_kl, scaled_dot_products
 
 
 def relation_kl(teacher: tuple[torch.Tensor, torch.Tensor], student: tuple[torch.Tensor, torch.Tensor],
@@ -38,6 +44,9 @@ def relation_kl(teacher: tuple[torch.Tensor, torch.Tensor], student: tuple[torch
         if left.shape != right.shape or left.shape[-1] % heads:
             raise ValueError(f"{role} projections {tuple(left.shape)} and {tuple(right.shape)}: both (B, L, d) "
                              f"with d divisible by {heads} heads")
+    if student[0].device.type != "cpu":  # see the module docstring: the per-example form is measured on CPUs only
+        return row_kl(masked_log_softmax(scaled_dot_products(*teacher, heads), mask),
+                      masked_log_softmax(scaled_dot_products(*student, heads), mask), mask)
     return _RelationKL.apply(*teacher, *student, heads, mask)
 
 
