@@ -42,9 +42,10 @@ Choices where the papers are silent (MiniLM distils task-agnostically, before fi
   tokens of each example, the per-example means are averaged over the batch; no official MiniLM
   code is released to compare with.
 - The attention is recomputed from the query/key/value projections captured by hooks
-  (`attention.py`), in fp32; both models keep SDPA. The KLs are computed per example on its real
-  tokens, with the student's gradient written out (`relation_kl.py`): the same numbers as the
-  composed form over padded (B, H, L, L) tensors, at a fraction of its memory traffic.
+  (`attention.py`), in fp32; both models keep SDPA. On a CPU the KLs are computed per example on
+  its real tokens, with the student's gradient written out (`relation_kl.py`): the same numbers as
+  the composed form over padded (B, H, L, L) tensors, which a GPU keeps, at a fraction of its
+  memory traffic.
 - `teacher.outputs=cached`: the store holds the teacher block's q/k/v at every real token, at the
   pass's precision (lossless), and no logits; padding is left out of everything the loss reads, so
   the cached terms equal the live ones however a batch is padded.
