@@ -129,10 +129,10 @@ def data_digests(cfg: DictConfig, task: ClassificationTask | InstructionTask) ->
     files' paths, so a moved copy gives the same digests and an edit in place gives others.
 
     GLUE: `train` and `validation` (each after `max_*_samples`). Instruction data: `train` and
-    `validation` after subsetting, `validation_all` (the whole split, which scores a teacher used
-    by runs of any `max_eval_samples`) and `generation` (the prompts and references scored by
-    ROUGE-L). On the hub path the rows come from the hub's current revision, so a new revision
-    gives new digests too.
+    `validation` after subsetting, `validation_all` (the whole split, in the teacher's cache key for
+    runs of any `max_eval_samples`; its scores follow `validation`: `Track.teacher_scoring`) and
+    `generation` (the prompts and references scored by ROUGE-L). On the hub path the rows come
+    from the hub's current revision, so a new revision gives new digests too.
     """
     return task.track.data_digests(cfg, task)
 

@@ -64,8 +64,19 @@ def _scores(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     return left @ right.transpose(-1, -2) / math.sqrt(left.shape[-1])
 
 
-def _real_rows(x: torch.Tensor, b: int, tokens: torch.Tensor, heads: int) -> torch.Tensor:
-    return _heads(x[b, tokens], heads)
+def _pair_rows(left, right, symmetric: bool, b: int, tokens, heads: int):
+    """Example `b`'s real rows of a (left, right) pair, each (H, n, d_h); a relation's once."""
+    left_rows = _heads(left[b, tokens], heads)
+    return left_rows, left_rows if symmetric else _heads(right[b, tokens], heads)
+
+
+def _per_example(real, lengths, heads: int, teacher: tuple, student: tuple):
+    """`(b, n, tokens, teacher rows, student rows)` of every example with real tokens; `teacher`
+    and `student` are (left, right, symmetric)."""
+    for b, n in enumerate(lengths):
+        if n:
+            tokens = real[b]
+            yield b, n, tokens, _pair_rows(*teacher, b, tokens, heads), _pair_rows(*student, b, tokens, heads)
 
 
 class _RelationKL(torch.autograd.Function):
@@ -78,16 +89,11 @@ class _RelationKL(torch.autograd.Function):
         lengths = real.sum(dim=1).tolist()
         total = torch.zeros((), dtype=_working_dtype(s_left), device=s_left.device)
         with torch.autocast(s_left.device.type, enabled=False):
-            for b, n in enumerate(lengths):
-                if n == 0:
-                    continue
-                tokens = real[b]
-                teacher_left = _real_rows(t_left, b, tokens, heads)
-                teacher_right = teacher_left if t_right is t_left else _real_rows(t_right, b, tokens, heads)
-                student_left = _real_rows(s_left, b, tokens, heads)
-                student_right = student_left if s_right is s_left else _real_rows(s_right, b, tokens, heads)
-                teacher_log = torch.log_softmax(_scores(teacher_left, teacher_right), dim=-1)
-                student_log = torch.log_softmax(_scores(student_left, student_right), dim=-1)
+            examples = _per_example(real, lengths, heads, (t_left, t_right, t_right is t_left),
+                                    (s_left, s_right, s_right is s_left))
+            for _, n, _, teacher_rows, student_rows in examples:
+                teacher_log = torch.log_softmax(_scores(*teacher_rows), dim=-1)
+                student_log = torch.log_softmax(_scores(*student_rows), dim=-1)
                 total += (teacher_log.exp() * (teacher_log - student_log)).sum() / (heads * n)
         ctx.save_for_backward(t_left, t_right, s_left, s_right, real)
         ctx.heads, ctx.lengths = heads, lengths
@@ -104,15 +110,10 @@ class _RelationKL(torch.autograd.Function):
         grad_left = torch.zeros(s_left.shape, dtype=dtype, device=s_left.device) if need_left else None
         grad_right = torch.zeros(s_right.shape, dtype=dtype, device=s_right.device) if need_right else None
         with torch.autocast(s_left.device.type, enabled=False):
-            for b, n in enumerate(lengths):
-                if n == 0:
-                    continue
-                tokens = real[b]
-                teacher_left = _real_rows(t_left, b, tokens, heads)
-                teacher_right = teacher_left if ctx.teacher_symmetric else _real_rows(t_right, b, tokens, heads)
-                left = _real_rows(s_left, b, tokens, heads)
-                right = left if symmetric else _real_rows(s_right, b, tokens, heads)
-                teacher = torch.softmax(_scores(teacher_left, teacher_right), dim=-1)
+            examples = _per_example(real, lengths, heads, (t_left, t_right, ctx.teacher_symmetric),
+                                    (s_left, s_right, symmetric))
+            for b, n, tokens, teacher_rows, (left, right) in examples:
+                teacher = torch.softmax(_scores(*teacher_rows), dim=-1)
                 student = torch.softmax(_scores(left, right), dim=-1)
                 scale = grad_output.to(dtype) / (len(lengths) * heads * n * math.sqrt(left.shape[-1]))
                 grad_scores = (student - teacher) * scale  # d loss / d (left @ right^T), (H, n, n)
